@@ -1,0 +1,22 @@
+//! # sparse-core
+//!
+//! The numeric core of sparse-infer: the [`Matrix`] type and `.npy` I/O, the
+//! synthetic data generator, every encoder and sparse solver, the optimiser,
+//! the metrics and the FLOP accounting. No printing, no CLI: callers decide
+//! what to show.
+//!
+//! Conventions: data `X` is `(n_samples × dim)`, codes `Z` are
+//! `(n_samples × n_latents)`, a dictionary `D` is `(n_latents × dim)` with
+//! atoms as rows, so that `X ≈ Z · D`.
+
+pub mod data;
+pub mod encoders;
+pub mod error;
+pub mod flops;
+pub mod io;
+pub mod linalg;
+pub mod matrix;
+pub mod optim;
+
+pub use error::{Error, Result};
+pub use matrix::Matrix;

@@ -1,0 +1,201 @@
+//! Dense products over [`Matrix`] through faer, with sequential execution for
+//! small products (thread dispatch costs ~15 µs, far more than a tiny GEMM),
+//! and the few decompositions the solvers need.
+
+use crate::matrix::Matrix;
+use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef, Par};
+
+/// Products with fewer multiply-adds than this run on one thread
+/// (`../shared/docs/perf-notes.md`: rayon dispatch dominates below ~1e6).
+pub const PARALLEL_THRESHOLD_MACS: usize = 1 << 20;
+
+/// Whether a matrix enters a product as is or transposed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Use the matrix as stored.
+    N,
+    /// Use its transpose (a free view, no copy).
+    T,
+}
+
+fn apply(m: MatRef<'_, f32>, op: Op) -> MatRef<'_, f32> {
+    match op {
+        Op::N => m,
+        Op::T => m.transpose(),
+    }
+}
+
+/// The parallelism for a product with `macs` multiply-adds.
+pub fn par_for(macs: usize) -> Par {
+    if macs < PARALLEL_THRESHOLD_MACS || rayon::current_num_threads() <= 1 {
+        Par::Seq
+    } else {
+        Par::rayon(0)
+    }
+}
+
+/// `dst = alpha · op(a) · op(b) + beta · dst` with `beta ∈ {0, 1}` (`accumulate`).
+///
+/// Panics if shapes do not conform: callers validate user-facing shapes first.
+pub fn gemm_into(
+    dst: MatMut<'_, f32>,
+    accumulate: bool,
+    a: MatRef<'_, f32>,
+    op_a: Op,
+    b: MatRef<'_, f32>,
+    op_b: Op,
+    alpha: f32,
+) {
+    let a = apply(a, op_a);
+    let b = apply(b, op_b);
+    let macs = a.nrows() * a.ncols() * b.ncols();
+    let accum = if accumulate { Accum::Add } else { Accum::Replace };
+    matmul(dst, accum, a, b, alpha, par_for(macs));
+}
+
+/// `op(a) · op(b)` as a new matrix.
+pub fn matmul_new(a: &Matrix, op_a: Op, b: &Matrix, op_b: Op) -> Matrix {
+    let (m, _) = shape_after(a, op_a);
+    let (_, n) = shape_after(b, op_b);
+    let mut out = Matrix::zeros(m, n);
+    gemm_into(out.view_mut(), false, a.view(), op_a, b.view(), op_b, 1.0);
+    out
+}
+
+/// `dst = op(a) · op(b)` (overwrites `dst`, whose shape must conform).
+pub fn matmul_into(dst: &mut Matrix, a: &Matrix, op_a: Op, b: &Matrix, op_b: Op) {
+    gemm_into(dst.view_mut(), false, a.view(), op_a, b.view(), op_b, 1.0);
+}
+
+fn shape_after(m: &Matrix, op: Op) -> (usize, usize) {
+    match op {
+        Op::N => (m.rows(), m.cols()),
+        Op::T => (m.cols(), m.rows()),
+    }
+}
+
+/// Gram matrix `d · dᵀ` (`rows × rows`) of a dictionary `d (n_latents × dim)`.
+pub fn gram(d: &Matrix) -> Matrix {
+    matmul_new(d, Op::N, d, Op::T)
+}
+
+/// Largest eigenvalue of the symmetric positive semi-definite `g`, by power
+/// iteration in f64 to relative change 1e-10 (at most 10 000 iterations).
+/// This is the Lipschitz constant `L` of the lasso gradient when `g = D·Dᵀ`.
+pub fn largest_eigenvalue_psd(g: &Matrix) -> f64 {
+    let n = g.rows();
+    assert_eq!(n, g.cols(), "largest_eigenvalue_psd: matrix must be square");
+    if n == 0 {
+        return 0.0;
+    }
+    // A fixed, non-degenerate start vector keeps the result deterministic.
+    let mut v: Vec<f64> = (0..n).map(|i| 1.0 + (i as f64) * 1e-3).collect();
+    let mut lambda = 0.0f64;
+    for _ in 0..10_000 {
+        let mut w = vec![0.0f64; n];
+        for (i, wi) in w.iter_mut().enumerate() {
+            let row = g.row(i);
+            *wi = row.iter().zip(&v).map(|(&a, &b)| a as f64 * b).sum();
+        }
+        let norm = w.iter().map(|x| x * x).sum::<f64>().sqrt();
+        if norm == 0.0 {
+            return 0.0;
+        }
+        let next = w.iter().zip(&v).map(|(a, b)| a * b).sum::<f64>()
+            / v.iter().map(|x| x * x).sum::<f64>();
+        v = w.into_iter().map(|x| x / norm).collect();
+        if (next - lambda).abs() <= 1e-10 * next.abs() {
+            return next;
+        }
+        lambda = next;
+    }
+    lambda
+}
+
+/// Solves the symmetric positive definite system `a · x = b` in f64 by
+/// Cholesky; returns `None` when `a` is not (numerically) positive definite.
+/// `a` is `n × n` row-major, `b` has length `n`.
+pub fn solve_spd(a: &[f64], b: &[f64]) -> Option<Vec<f64>> {
+    let n = b.len();
+    assert_eq!(a.len(), n * n, "solve_spd: a must be n×n");
+    let mut l = vec![0.0f64; n * n];
+    for i in 0..n {
+        for j in 0..=i {
+            let mut s = a[i * n + j];
+            for k in 0..j {
+                s -= l[i * n + k] * l[j * n + k];
+            }
+            if i == j {
+                if s <= 1e-12 * a[i * n + i].abs().max(1e-300) {
+                    return None;
+                }
+                l[i * n + i] = s.sqrt();
+            } else {
+                l[i * n + j] = s / l[j * n + j];
+            }
+        }
+    }
+    let mut y = vec![0.0f64; n];
+    for i in 0..n {
+        let s: f64 = (0..i).map(|k| l[i * n + k] * y[k]).sum();
+        y[i] = (b[i] - s) / l[i * n + i];
+    }
+    let mut x = vec![0.0f64; n];
+    for i in (0..n).rev() {
+        let s: f64 = (i + 1..n).map(|k| l[k * n + i] * x[k]).sum();
+        x[i] = (y[i] - s) / l[i * n + i];
+    }
+    Some(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(a: &Matrix, b: &Matrix) -> Matrix {
+        Matrix::from_fn(a.rows(), b.cols(), |i, j| {
+            (0..a.cols()).map(|k| a.get(i, k) * b.get(k, j)).sum()
+        })
+    }
+
+    #[test]
+    fn products_match_naive_in_every_transpose_combination() {
+        let a = Matrix::from_fn(5, 3, |i, j| (i as f32) - 2.0 * j as f32 + 0.5);
+        let b = Matrix::from_fn(3, 4, |i, j| (i * j) as f32 * 0.25 - 1.0);
+        let want = naive(&a, &b);
+        assert!(matmul_new(&a, Op::N, &b, Op::N).max_abs_diff(&want) < 1e-5);
+        let at = a.transpose();
+        let bt = b.transpose();
+        assert!(matmul_new(&at, Op::T, &b, Op::N).max_abs_diff(&want) < 1e-5);
+        assert!(matmul_new(&a, Op::N, &bt, Op::T).max_abs_diff(&want) < 1e-5);
+        assert!(matmul_new(&at, Op::T, &bt, Op::T).max_abs_diff(&want) < 1e-5);
+    }
+
+    #[test]
+    fn large_product_takes_the_parallel_path_and_agrees() {
+        let a = Matrix::from_fn(128, 96, |i, j| ((i * 7 + j * 3) % 11) as f32 - 5.0);
+        let b = Matrix::from_fn(96, 128, |i, j| ((i * 5 + j) % 13) as f32 * 0.1);
+        assert!(128 * 96 * 128 >= PARALLEL_THRESHOLD_MACS);
+        let got = matmul_new(&a, Op::N, &b, Op::N);
+        assert!(got.max_abs_diff(&naive(&a, &b)) < 1e-3);
+    }
+
+    #[test]
+    fn power_iteration_finds_the_top_eigenvalue() {
+        // diag(3, 1) rotated by 30 degrees has eigenvalues 3 and 1.
+        let (c, s) = (30f32.to_radians().cos(), 30f32.to_radians().sin());
+        let q = Matrix::from_vec(2, 2, vec![c, -s, s, c]).unwrap();
+        let d = Matrix::from_vec(2, 2, vec![3.0, 0.0, 0.0, 1.0]).unwrap();
+        let g = matmul_new(&matmul_new(&q, Op::N, &d, Op::N), Op::N, &q, Op::T);
+        assert!((largest_eigenvalue_psd(&g) - 3.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn cholesky_solves_and_rejects_indefinite() {
+        let a = [4.0, 2.0, 2.0, 3.0];
+        let x = solve_spd(&a, &[2.0, 1.0]).unwrap();
+        assert!((4.0 * x[0] + 2.0 * x[1] - 2.0).abs() < 1e-12);
+        assert!((2.0 * x[0] + 3.0 * x[1] - 1.0).abs() < 1e-12);
+        assert!(solve_spd(&[1.0, 2.0, 2.0, 1.0], &[1.0, 1.0]).is_none());
+    }
+}
