@@ -9,6 +9,7 @@
 //! `(n_samples × n_latents)`, a dictionary `D` is `(n_latents × dim)` with
 //! atoms as rows, so that `X ≈ Z · D`.
 
+pub mod assignment;
 pub mod data;
 pub mod encoders;
 pub mod error;
@@ -16,6 +17,7 @@ pub mod flops;
 pub mod io;
 pub mod linalg;
 pub mod matrix;
+pub mod metrics;
 pub mod optim;
 
 pub use error::{Error, Result};

@@ -53,3 +53,23 @@ pub fn check_inputs(x: &Matrix, dictionary: &Matrix) -> Result<()> {
     x.check_finite("data")?;
     dictionary.check_finite("dictionary")
 }
+
+/// What an iterative solver reports to its monitor after each iteration.
+#[derive(Debug)]
+pub struct SolverProgress<'a> {
+    /// Iterations completed so far (1-based).
+    pub iteration: usize,
+    /// Current codes `Z (n × n_latents)`.
+    pub codes: &'a Matrix,
+    /// FLOPs spent so far, setup included.
+    pub flops: f64,
+}
+
+/// A callback that sees each iteration of a solver and returns `false` to stop it early.
+pub type Monitor<'m> = &'m mut dyn FnMut(&SolverProgress<'_>) -> bool;
+
+pub mod exp_adam;
+pub mod fista;
+pub mod mlp;
+pub mod pursuit;
+pub mod sae;
