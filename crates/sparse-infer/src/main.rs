@@ -1,1 +1,332 @@
-fn main() {}
+//! `sparse-infer`: the command line. Parses arguments, calls the library
+//! crates, prints results. No numerics live here.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use sparse_core::encoders::exp_adam::{ExpAdam, ExpAdamConfig};
+use sparse_core::encoders::fista::{Fista, FistaConfig};
+use sparse_core::encoders::pursuit::{MatchingPursuit, Omp};
+use sparse_core::encoders::Encoder;
+use sparse_core::io::{read_npy, write_npy, NpyDtype};
+use sparse_core::metrics;
+use sparse_study::known_dictionary::{self, KnownDictionaryConfig};
+use std::path::{Path, PathBuf};
+
+/// Sparse inference and dictionary learning: synthetic data, encoders, metrics and studies.
+#[derive(Parser, Debug)]
+#[command(name = "sparse-infer", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate a synthetic data set X = Z·D with exactly-K-sparse half-normal codes.
+    Synth(SynthArgs),
+    /// Compare inferred codes (and optionally dictionaries) with the truth; prints one JSON object.
+    Metrics(MetricsArgs),
+    /// Encode data against a dictionary with a per-sample solver.
+    Encode(EncodeArgs),
+    /// Run a study of the paper end to end (defaults reproduce it).
+    Reproduce(ReproduceArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct SynthArgs {
+    /// Number of latents N (dictionary atoms).
+    #[arg(long)]
+    latents: usize,
+    /// Observed dimension M.
+    #[arg(long)]
+    dim: usize,
+    /// Active latents per sample K (1 ≤ K ≤ N).
+    #[arg(long)]
+    k: usize,
+    /// Number of samples S.
+    #[arg(long)]
+    samples: usize,
+    /// Seed of every random stream.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Standard deviation of additive Gaussian noise on X.
+    #[arg(long, default_value_t = 0.0)]
+    noise: f32,
+    /// Output folder (created): data.npy (S×M), codes.npy (S×N), dictionary.npy (N×M), all f32.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+struct MetricsArgs {
+    /// True codes Z (n × N) as .npy.
+    #[arg(long = "true")]
+    true_codes: PathBuf,
+    /// Inferred codes Ẑ (n × N') as .npy.
+    #[arg(long = "pred")]
+    pred_codes: PathBuf,
+    /// True dictionary D (N × M).
+    #[arg(long, requires = "pred_dictionary")]
+    true_dictionary: Option<PathBuf>,
+    /// Learned dictionary D̂ (N' × M).
+    #[arg(long, requires = "true_dictionary")]
+    pred_dictionary: Option<PathBuf>,
+    /// Data X (n × M): with --pred-dictionary (or --true-dictionary), adds reconstruction MSE and explained variance.
+    #[arg(long)]
+    data: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Method {
+    /// FISTA on the (non-negative) lasso.
+    Fista,
+    /// ISTA on the (non-negative) lasso.
+    Ista,
+    /// Orthogonal matching pursuit, k atoms.
+    Omp,
+    /// Matching pursuit, k steps.
+    Mp,
+    /// The paper's Adam on exp-parametrised codes.
+    ExpAdam,
+}
+
+#[derive(clap::Args, Debug)]
+struct EncodeArgs {
+    /// Encoding method.
+    #[arg(long, value_enum)]
+    method: Method,
+    /// Dictionary D (N × M) as .npy, atoms as rows.
+    #[arg(long)]
+    dictionary: PathBuf,
+    /// Data X (n × M) as .npy.
+    #[arg(long)]
+    input: PathBuf,
+    /// Output codes Z (n × N), f32 .npy.
+    #[arg(long)]
+    out: PathBuf,
+    /// Sparsity weight λ (fista/ista: ½‖x − zD‖² + λ‖z‖₁; exp-adam: the paper's mean loss).
+    #[arg(long)]
+    lambda: Option<f32>,
+    /// Number of atoms for omp/mp.
+    #[arg(long)]
+    k: Option<usize>,
+    /// Allow negative codes (default: z ≥ 0).
+    #[arg(long)]
+    signed: bool,
+    /// Iteration cap for fista/ista/exp-adam.
+    #[arg(long)]
+    max_iter: Option<usize>,
+    /// Stopping tolerance on the relative change of the codes (fista/ista).
+    #[arg(long)]
+    tol: Option<f32>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Study {
+    /// Encoders paired with the frozen true dictionary (paper §7, "Known D").
+    KnownDictionary,
+}
+
+#[derive(clap::Args, Debug)]
+struct ReproduceArgs {
+    /// Which study.
+    #[arg(value_enum, default_value = "known-dictionary")]
+    study: Study,
+    /// Number of seeds (default: 5, as in the paper).
+    #[arg(long)]
+    seeds: Option<usize>,
+    /// Output folder for results.json, table.md and the figure.
+    #[arg(long, default_value = "results/known-dictionary")]
+    out: PathBuf,
+    /// A reduced configuration that runs in seconds (smoke test).
+    #[arg(long)]
+    quick: bool,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(cli) {
+        // One line: the chain of causes, outermost first.
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Synth(a) => synth(a),
+        Command::Metrics(a) => metrics_cmd(a),
+        Command::Encode(a) => encode(a),
+        Command::Reproduce(a) => reproduce(a),
+    }
+}
+
+fn load(path: &Path, what: &str) -> Result<sparse_core::Matrix> {
+    let m = read_npy(path)?;
+    m.check_finite(&format!("{what} ({})", path.display()))?;
+    Ok(m)
+}
+
+fn synth(a: SynthArgs) -> Result<()> {
+    let mut config = sparse_core::data::SyntheticConfig::paper(a.latents, a.dim, a.k, a.seed);
+    config.noise_std = a.noise;
+    config.validate()?;
+    let dictionary = config.dictionary()?;
+    let split = config.split(&dictionary, a.samples, 1)?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    write_npy(&a.out.join("data.npy"), &split.x, NpyDtype::F32)?;
+    write_npy(&a.out.join("codes.npy"), &split.z, NpyDtype::F32)?;
+    write_npy(&a.out.join("dictionary.npy"), &dictionary, NpyDtype::F32)?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "out": a.out, "config": config, "samples": a.samples,
+            "files": {"data": [a.samples, a.dim], "codes": [a.samples, a.latents], "dictionary": [a.latents, a.dim]},
+        })
+    );
+    Ok(())
+}
+
+fn metrics_cmd(a: MetricsArgs) -> Result<()> {
+    let z = load(&a.true_codes, "true codes")?;
+    let zhat = load(&a.pred_codes, "predicted codes")?;
+    if z.rows() != zhat.rows() {
+        bail!(
+            "{}: expected {} rows (one per sample, as in {}), found shape ({}, {})",
+            a.pred_codes.display(),
+            z.rows(),
+            a.true_codes.display(),
+            zhat.rows(),
+            zhat.cols()
+        );
+    }
+    let report = metrics::code_report(&z, &zhat)?;
+    let mut out = serde_json::to_value(&report)?;
+    if let (Some(td), Some(pd)) = (&a.true_dictionary, &a.pred_dictionary) {
+        let d = load(td, "true dictionary")?;
+        let dhat = load(pd, "predicted dictionary")?;
+        out["dictionary_mcc"] = metrics::dictionary_mcc(&d, &dhat)?.into();
+        out["dictionary_cosine"] = metrics::dictionary_cosine(&d, &dhat)?.into();
+    }
+    if let Some(xp) = &a.data {
+        let dpath = a
+            .pred_dictionary
+            .as_ref()
+            .or(a.true_dictionary.as_ref())
+            .context("--data needs --pred-dictionary to reconstruct from the predicted codes")?;
+        let x = load(xp, "data")?;
+        let d = load(dpath, "dictionary")?;
+        let rec = metrics::reconstruction_report(&x, &zhat, &d)?;
+        out["mse"] = rec.mse.into();
+        out["explained_variance"] = rec.explained_variance.into();
+    }
+    println!("{out}");
+    Ok(())
+}
+
+fn encode(a: EncodeArgs) -> Result<()> {
+    let d = load(&a.dictionary, "dictionary")?;
+    let x = load(&a.input, "data")?;
+    if x.cols() != d.cols() {
+        bail!(
+            "{}: expected shape (n, {}) to match the dictionary {} of shape ({}, {}), found ({}, {})",
+            a.input.display(),
+            d.cols(),
+            a.dictionary.display(),
+            d.rows(),
+            d.cols(),
+            x.rows(),
+            x.cols()
+        );
+    }
+    let need_k = || a.k.context("--k is required for omp and mp");
+    let encoder: Box<dyn Encoder> = match a.method {
+        Method::Fista | Method::Ista => {
+            let mut c = FistaConfig {
+                nonnegative: !a.signed,
+                accelerated: matches!(a.method, Method::Fista),
+                ..FistaConfig::default()
+            };
+            if let Some(l) = a.lambda {
+                c.lambda = l;
+            }
+            if let Some(m) = a.max_iter {
+                c.max_iter = m;
+            }
+            if let Some(t) = a.tol {
+                c.tol = t;
+            }
+            Box::new(Fista::new(c)?)
+        }
+        Method::Omp => Box::new(Omp::new(need_k()?, None, !a.signed)?),
+        Method::Mp => Box::new(MatchingPursuit::new(need_k()?, !a.signed)?),
+        Method::ExpAdam => {
+            if a.signed {
+                bail!("exp-adam codes are exp(u) > 0: --signed is not available for it");
+            }
+            let mut c = ExpAdamConfig::default();
+            if let Some(l) = a.lambda {
+                c.lambda = l;
+            }
+            if let Some(m) = a.max_iter {
+                c.max_iter = m;
+            }
+            Box::new(ExpAdam::new(c)?)
+        }
+    };
+    if let Some(k) = a.k {
+        if k > d.rows() {
+            bail!("invalid parameter k = {k}: must not exceed the number of latents N = {} of {}", d.rows(), a.dictionary.display());
+        }
+    }
+    let enc = encoder.encode(&x, &d)?;
+    write_npy(&a.out, &enc.codes, NpyDtype::F32)?;
+    let l0 = metrics::l0(&enc.codes);
+    println!(
+        "{}",
+        serde_json::json!({
+            "method": encoder.name(), "out": a.out, "shape": [enc.codes.rows(), enc.codes.cols()],
+            "iterations": enc.iterations, "flops": enc.flops, "l0": l0.mean_count,
+        })
+    );
+    Ok(())
+}
+
+/// Shows study progress as a bar on stderr.
+struct Bar(indicatif::ProgressBar);
+
+impl sparse_study::Progress for Bar {
+    fn start(&self, total: usize) {
+        self.0.set_length(total as u64);
+    }
+    fn finished(&self, label: &str) {
+        self.0.set_message(label.to_string());
+        self.0.inc(1);
+    }
+}
+
+fn reproduce(a: ReproduceArgs) -> Result<()> {
+    match a.study {
+        Study::KnownDictionary => {
+            let mut config = if a.quick { KnownDictionaryConfig::quick() } else { KnownDictionaryConfig::default() };
+            if let Some(s) = a.seeds {
+                config.seeds = s;
+            }
+            let bar = indicatif::ProgressBar::new(0).with_style(
+                indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} eta {eta} {msg}")
+                    .expect("static template")
+                    .progress_chars("=> "),
+            );
+            let report = known_dictionary::run(&config, &Bar(bar.clone()))?;
+            bar.finish_and_clear();
+            report.write(&a.out)?;
+            println!("{}", report.markdown());
+            println!("Wrote {}/results.json, table.md and mcc_vs_flops.svg", a.out.display());
+            Ok(())
+        }
+    }
+}
