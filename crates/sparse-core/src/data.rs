@@ -72,7 +72,11 @@ impl SyntheticConfig {
     /// Checks the parameters (k ≤ N, positive sizes, finite non-negative noise).
     pub fn validate(&self) -> Result<()> {
         if self.n_latents == 0 {
-            return Err(Error::invalid("latents", self.n_latents, "must be at least 1"));
+            return Err(Error::invalid(
+                "latents",
+                self.n_latents,
+                "must be at least 1",
+            ));
         }
         if self.dim == 0 {
             return Err(Error::invalid("dim", self.dim, "must be at least 1"));
@@ -83,7 +87,10 @@ impl SyntheticConfig {
                     return Err(Error::invalid(
                         "k",
                         k,
-                        &format!("must be between 1 and the number of latents ({})", self.n_latents),
+                        &format!(
+                            "must be between 1 and the number of latents ({})",
+                            self.n_latents
+                        ),
                     ));
                 }
             }
@@ -91,12 +98,20 @@ impl SyntheticConfig {
         match self.magnitude {
             MagnitudeModel::HalfNormal { scale } => {
                 if !(scale.is_finite() && scale > 0.0) {
-                    return Err(Error::invalid("scale", scale, "must be finite and positive"));
+                    return Err(Error::invalid(
+                        "scale",
+                        scale,
+                        "must be finite and positive",
+                    ));
                 }
             }
         }
         if !(self.noise_std.is_finite() && self.noise_std >= 0.0) {
-            return Err(Error::invalid("noise", self.noise_std, "must be finite and non-negative"));
+            return Err(Error::invalid(
+                "noise",
+                self.noise_std,
+                "must be finite and non-negative",
+            ));
         }
         Ok(())
     }
@@ -216,7 +231,9 @@ mod tests {
             }
             for i in 0..split.x.rows() {
                 for j in 0..8 {
-                    let want: f32 = (0..16).map(|l| split.z.get(i, l) * data.dictionary.get(l, j)).sum();
+                    let want: f32 = (0..16)
+                        .map(|l| split.z.get(i, l) * data.dictionary.get(l, j))
+                        .sum();
                     assert!((split.x.get(i, j) - want).abs() < 1e-5);
                 }
             }
@@ -225,9 +242,15 @@ mod tests {
 
     #[test]
     fn same_seed_same_data_other_seed_other_data_and_splits_independent_of_sizes() {
-        let a = SyntheticConfig::paper(16, 8, 3, 1).generate(64, 8, 32).unwrap();
-        let b = SyntheticConfig::paper(16, 8, 3, 1).generate(128, 8, 32).unwrap();
-        let c = SyntheticConfig::paper(16, 8, 3, 2).generate(64, 8, 32).unwrap();
+        let a = SyntheticConfig::paper(16, 8, 3, 1)
+            .generate(64, 8, 32)
+            .unwrap();
+        let b = SyntheticConfig::paper(16, 8, 3, 1)
+            .generate(128, 8, 32)
+            .unwrap();
+        let c = SyntheticConfig::paper(16, 8, 3, 2)
+            .generate(64, 8, 32)
+            .unwrap();
         assert_eq!(a.dictionary, b.dictionary);
         assert_eq!(a.test.z, b.test.z);
         assert_eq!(a.train.z, b.train.z.select_rows(0..64));
@@ -262,7 +285,10 @@ mod tests {
 
     #[test]
     fn impossible_parameters_are_rejected() {
-        let e = SyntheticConfig::paper(4, 2, 5, 0).dictionary().unwrap_err().to_string();
+        let e = SyntheticConfig::paper(4, 2, 5, 0)
+            .dictionary()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("k = 5") && e.contains("(4)"), "{e}");
         assert!(SyntheticConfig::paper(4, 0, 1, 0).validate().is_err());
         let mut c = SyntheticConfig::paper(4, 2, 1, 0);

@@ -28,7 +28,13 @@ pub fn adam_update(params: usize) -> f64 {
 
 /// The reference's sparse-coding training FLOPs (paper-spec §4), with its
 /// double counting of batch terms: `(fwd + loss + bwd + upd) · n · T`.
-pub fn paper_sparse_coding_train_flops(dim: usize, latents: usize, n: usize, steps: usize, learn_d: bool) -> f64 {
+pub fn paper_sparse_coding_train_flops(
+    dim: usize,
+    latents: usize,
+    n: usize,
+    steps: usize,
+    learn_d: bool,
+) -> f64 {
     let (m, nl, b) = (dim as f64, latents as f64, n as f64);
     let l = if learn_d { 1.0 } else { 0.0 };
     let fwd = l * 3.0 * m * nl + nl + 2.0 * m * nl;
@@ -44,11 +50,22 @@ pub fn paper_sparse_coding_train_flops(dim: usize, latents: usize, n: usize, ste
 /// L1 term (N), backward through the decoder to the codes (2NM + M) and
 /// through `exp` (2N), Adam on the N codes (12N); once per step, with `learn_d`,
 /// the dictionary gradient (2NM per sample), its renormalisation (3NM) and Adam (12NM).
-pub fn sparse_coding_train_flops(dim: usize, latents: usize, n: usize, steps: usize, learn_d: bool) -> f64 {
+pub fn sparse_coding_train_flops(
+    dim: usize,
+    latents: usize,
+    n: usize,
+    steps: usize,
+    learn_d: bool,
+) -> f64 {
     let (m, nl, nn) = (dim as f64, latents as f64, n as f64);
-    let per_sample = nl + 2.0 * nl * m + 3.0 * m + nl + 2.0 * nl * m + m + 2.0 * nl + ADAM_FLOPS_PER_PARAM * nl;
+    let per_sample =
+        nl + 2.0 * nl * m + 3.0 * m + nl + 2.0 * nl * m + m + 2.0 * nl + ADAM_FLOPS_PER_PARAM * nl;
     let per_sample_d = if learn_d { 2.0 * nl * m } else { 0.0 };
-    let per_step = if learn_d { 3.0 * nl * m + ADAM_FLOPS_PER_PARAM * nl * m } else { 0.0 };
+    let per_step = if learn_d {
+        3.0 * nl * m + ADAM_FLOPS_PER_PARAM * nl * m
+    } else {
+        0.0
+    };
     (nn * (per_sample + per_sample_d) + per_step) * steps as f64
 }
 

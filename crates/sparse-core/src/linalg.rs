@@ -49,7 +49,11 @@ pub fn gemm_into(
     let a = apply(a, op_a);
     let b = apply(b, op_b);
     let macs = a.nrows() * a.ncols() * b.ncols();
-    let accum = if accumulate { Accum::Add } else { Accum::Replace };
+    let accum = if accumulate {
+        Accum::Add
+    } else {
+        Accum::Replace
+    };
     matmul(dst, accum, a, b, alpha, par_for(macs));
 }
 
@@ -175,7 +179,7 @@ mod tests {
     fn large_product_takes_the_parallel_path_and_agrees() {
         let a = Matrix::from_fn(128, 96, |i, j| ((i * 7 + j * 3) % 11) as f32 - 5.0);
         let b = Matrix::from_fn(96, 128, |i, j| ((i * 5 + j) % 13) as f32 * 0.1);
-        assert!(128 * 96 * 128 >= PARALLEL_THRESHOLD_MACS);
+        const { assert!(128 * 96 * 128 >= PARALLEL_THRESHOLD_MACS) };
         let got = matmul_new(&a, Op::N, &b, Op::N);
         assert!(got.max_abs_diff(&naive(&a, &b)) < 1e-3);
     }

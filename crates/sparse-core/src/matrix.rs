@@ -169,7 +169,12 @@ impl Matrix {
     /// Euclidean norm of each row, in f64.
     pub fn row_norms(&self) -> Vec<f64> {
         self.rows_iter()
-            .map(|r| r.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>().sqrt())
+            .map(|r| {
+                r.iter()
+                    .map(|&v| (v as f64) * (v as f64))
+                    .sum::<f64>()
+                    .sqrt()
+            })
             .collect()
     }
 
@@ -177,7 +182,11 @@ impl Matrix {
     pub fn normalize_rows(&mut self) {
         for i in 0..self.rows {
             let row = self.row_mut(i);
-            let norm = row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>().sqrt();
+            let norm = row
+                .iter()
+                .map(|&v| (v as f64) * (v as f64))
+                .sum::<f64>()
+                .sqrt();
             if norm > 0.0 {
                 let inv = (1.0 / norm) as f32;
                 row.iter_mut().for_each(|v| *v *= inv);

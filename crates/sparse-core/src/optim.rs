@@ -89,7 +89,12 @@ impl Adam {
         let bc2 = 1.0 - (beta2 as f64).powi(t);
         let step_size = (lr as f64 / bc1) as f32;
         let bc2_sqrt = bc2.sqrt() as f32;
-        for (((p, &g), m), v) in params.iter_mut().zip(grads).zip(&mut self.m).zip(&mut self.v) {
+        for (((p, &g), m), v) in params
+            .iter_mut()
+            .zip(grads)
+            .zip(&mut self.m)
+            .zip(&mut self.v)
+        {
             *m = beta1 * *m + (1.0 - beta1) * g;
             *v = beta2 * *v + (1.0 - beta2) * g * g;
             *p -= step_size * *m / (v.sqrt() / bc2_sqrt + eps);
@@ -120,6 +125,9 @@ mod tests {
             let g = [2.0 * (p[0] - 1.0), 2.0 * (p[1] + 2.0)];
             adam.step(&mut p, &g);
         }
-        assert!((p[0] - 1.0).abs() < 1e-3 && (p[1] + 2.0).abs() < 1e-3, "{p:?}");
+        assert!(
+            (p[0] - 1.0).abs() < 1e-3 && (p[1] + 2.0).abs() < 1e-3,
+            "{p:?}"
+        );
     }
 }

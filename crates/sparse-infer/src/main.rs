@@ -280,7 +280,11 @@ fn encode(a: EncodeArgs) -> Result<()> {
     };
     if let Some(k) = a.k {
         if k > d.rows() {
-            bail!("invalid parameter k = {k}: must not exceed the number of latents N = {} of {}", d.rows(), a.dictionary.display());
+            bail!(
+                "invalid parameter k = {k}: must not exceed the number of latents N = {} of {}",
+                d.rows(),
+                a.dictionary.display()
+            );
         }
     }
     let enc = encoder.encode(&x, &d)?;
@@ -312,20 +316,29 @@ impl sparse_study::Progress for Bar {
 fn reproduce(a: ReproduceArgs) -> Result<()> {
     match a.study {
         Study::KnownDictionary => {
-            let mut config = if a.quick { KnownDictionaryConfig::quick() } else { KnownDictionaryConfig::default() };
+            let mut config = if a.quick {
+                KnownDictionaryConfig::quick()
+            } else {
+                KnownDictionaryConfig::default()
+            };
             if let Some(s) = a.seeds {
                 config.seeds = s;
             }
             let bar = indicatif::ProgressBar::new(0).with_style(
-                indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} eta {eta} {msg}")
-                    .expect("static template")
-                    .progress_chars("=> "),
+                indicatif::ProgressStyle::with_template(
+                    "{elapsed_precise} [{bar:30}] {pos}/{len} eta {eta} {msg}",
+                )
+                .expect("static template")
+                .progress_chars("=> "),
             );
             let report = known_dictionary::run(&config, &Bar(bar.clone()))?;
             bar.finish_and_clear();
             report.write(&a.out)?;
             println!("{}", report.markdown());
-            println!("Wrote {}/results.json, table.md and mcc_vs_flops.svg", a.out.display());
+            println!(
+                "Wrote {}/results.json, table.md and mcc_vs_flops.svg",
+                a.out.display()
+            );
             Ok(())
         }
     }

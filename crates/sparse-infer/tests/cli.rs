@@ -32,7 +32,11 @@ fn fails_with(args: &[&str], needles: &[&str]) {
     assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
     assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
     let msg: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(msg.len(), 1, "{args:?}: expected one error line, got {stderr}");
+    assert_eq!(
+        msg.len(),
+        1,
+        "{args:?}: expected one error line, got {stderr}"
+    );
     for n in needles {
         assert!(msg[0].contains(n), "{args:?}: '{}' lacks '{n}'", msg[0]);
     }
@@ -46,28 +50,104 @@ fn p(dir: &Path, name: &str) -> String {
 fn synth_encode_metrics_pipeline_recovers_codes() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let meta = ok_json(&["synth", "--latents", "16", "--dim", "8", "--k", "3", "--samples", "300", "--seed", "5", "--out", &p(d, "")]);
+    let meta = ok_json(&[
+        "synth",
+        "--latents",
+        "16",
+        "--dim",
+        "8",
+        "--k",
+        "3",
+        "--samples",
+        "300",
+        "--seed",
+        "5",
+        "--out",
+        &p(d, ""),
+    ]);
     assert_eq!(meta["files"]["codes"], serde_json::json!([300, 16]));
     let z = sparse_core::io::read_npy(&d.join("codes.npy")).unwrap();
     assert_eq!(z.shape(), (300, 16));
-    assert_eq!(sparse_core::io::read_npy(&d.join("data.npy")).unwrap().shape(), (300, 8));
-    assert_eq!(sparse_core::io::read_npy(&d.join("dictionary.npy")).unwrap().shape(), (16, 8));
+    assert_eq!(
+        sparse_core::io::read_npy(&d.join("data.npy"))
+            .unwrap()
+            .shape(),
+        (300, 8)
+    );
+    assert_eq!(
+        sparse_core::io::read_npy(&d.join("dictionary.npy"))
+            .unwrap()
+            .shape(),
+        (16, 8)
+    );
 
-    let enc = ok_json(&["encode", "--method", "fista", "--dictionary", &p(d, "dictionary.npy"), "--input", &p(d, "data.npy"), "--lambda", "0.003", "--out", &p(d, "fista.npy")]);
+    let enc = ok_json(&[
+        "encode",
+        "--method",
+        "fista",
+        "--dictionary",
+        &p(d, "dictionary.npy"),
+        "--input",
+        &p(d, "data.npy"),
+        "--lambda",
+        "0.003",
+        "--out",
+        &p(d, "fista.npy"),
+    ]);
     assert!(enc["flops"].as_f64().unwrap() > 0.0);
-    let m = ok_json(&["metrics", "--true", &p(d, "codes.npy"), "--pred", &p(d, "fista.npy"), "--true-dictionary", &p(d, "dictionary.npy"), "--pred-dictionary", &p(d, "dictionary.npy")]);
+    let m = ok_json(&[
+        "metrics",
+        "--true",
+        &p(d, "codes.npy"),
+        "--pred",
+        &p(d, "fista.npy"),
+        "--true-dictionary",
+        &p(d, "dictionary.npy"),
+        "--pred-dictionary",
+        &p(d, "dictionary.npy"),
+    ]);
     let mcc = m["code_mcc"].as_f64().unwrap();
-    assert!(mcc > 0.85 && mcc <= 1.0, "FISTA with the true dictionary: MCC {mcc}");
+    assert!(
+        mcc > 0.85 && mcc <= 1.0,
+        "FISTA with the true dictionary: MCC {mcc}"
+    );
     assert!((m["dictionary_mcc"].as_f64().unwrap() - 1.0).abs() < 1e-6);
     assert!((m["dictionary_cosine"].as_f64().unwrap() - 1.0).abs() < 1e-6);
 
-    ok_json(&["encode", "--method", "omp", "--k", "3", "--dictionary", &p(d, "dictionary.npy"), "--input", &p(d, "data.npy"), "--out", &p(d, "omp.npy")]);
-    let m = ok_json(&["metrics", "--true", &p(d, "codes.npy"), "--pred", &p(d, "omp.npy")]);
+    ok_json(&[
+        "encode",
+        "--method",
+        "omp",
+        "--k",
+        "3",
+        "--dictionary",
+        &p(d, "dictionary.npy"),
+        "--input",
+        &p(d, "data.npy"),
+        "--out",
+        &p(d, "omp.npy"),
+    ]);
+    let m = ok_json(&[
+        "metrics",
+        "--true",
+        &p(d, "codes.npy"),
+        "--pred",
+        &p(d, "omp.npy"),
+    ]);
     assert!(m["code_mcc"].as_f64().unwrap() > 0.5);
     // Codes of random shape are uncorrelated with the truth: the metric can fail.
-    let noise = sparse_core::Matrix::from_fn(300, 16, |i, j| (((i * 7919 + j * 104_729) % 1000) as f32) / 1000.0);
-    sparse_core::io::write_npy(&d.join("noise.npy"), &noise, sparse_core::io::NpyDtype::F32).unwrap();
-    let m = ok_json(&["metrics", "--true", &p(d, "codes.npy"), "--pred", &p(d, "noise.npy")]);
+    let noise = sparse_core::Matrix::from_fn(300, 16, |i, j| {
+        (((i * 7919 + j * 104_729) % 1000) as f32) / 1000.0
+    });
+    sparse_core::io::write_npy(&d.join("noise.npy"), &noise, sparse_core::io::NpyDtype::F32)
+        .unwrap();
+    let m = ok_json(&[
+        "metrics",
+        "--true",
+        &p(d, "codes.npy"),
+        "--pred",
+        &p(d, "noise.npy"),
+    ]);
     assert!(m["code_mcc"].as_f64().unwrap() < 0.3);
 }
 
@@ -75,35 +155,157 @@ fn synth_encode_metrics_pipeline_recovers_codes() {
 fn bad_input_gives_one_line_errors() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    ok_json(&["synth", "--latents", "6", "--dim", "4", "--k", "2", "--samples", "20", "--out", &p(d, "")]);
+    ok_json(&[
+        "synth",
+        "--latents",
+        "6",
+        "--dim",
+        "4",
+        "--k",
+        "2",
+        "--samples",
+        "20",
+        "--out",
+        &p(d, ""),
+    ]);
     let dict = p(d, "dictionary.npy");
     let data = p(d, "data.npy");
     let out = p(d, "z.npy");
 
     // k > N when generating and when encoding.
-    fails_with(&["synth", "--latents", "4", "--dim", "2", "--k", "5", "--samples", "3", "--out", &p(d, "x")], &["k = 5"]);
-    fails_with(&["encode", "--method", "omp", "--k", "7", "--dictionary", &dict, "--input", &data, "--out", &out], &["k = 7", "6"]);
+    fails_with(
+        &[
+            "synth",
+            "--latents",
+            "4",
+            "--dim",
+            "2",
+            "--k",
+            "5",
+            "--samples",
+            "3",
+            "--out",
+            &p(d, "x"),
+        ],
+        &["k = 5"],
+    );
+    fails_with(
+        &[
+            "encode",
+            "--method",
+            "omp",
+            "--k",
+            "7",
+            "--dictionary",
+            &dict,
+            "--input",
+            &data,
+            "--out",
+            &out,
+        ],
+        &["k = 7", "6"],
+    );
     // Negative λ.
-    fails_with(&["encode", "--method", "fista", "--lambda", "-0.1", "--dictionary", &dict, "--input", &data, "--out", &out], &["lambda", "-0.1"]);
+    fails_with(
+        &[
+            "encode",
+            "--method",
+            "fista",
+            "--lambda",
+            "-0.1",
+            "--dictionary",
+            &dict,
+            "--input",
+            &data,
+            "--out",
+            &out,
+        ],
+        &["lambda", "-0.1"],
+    );
     // Not an .npy file.
     std::fs::write(d.join("text.npy"), b"just some text").unwrap();
-    fails_with(&["encode", "--method", "fista", "--dictionary", &p(d, "text.npy"), "--input", &data, "--out", &out], &["text.npy", "not a .npy"]);
+    fails_with(
+        &[
+            "encode",
+            "--method",
+            "fista",
+            "--dictionary",
+            &p(d, "text.npy"),
+            "--input",
+            &data,
+            "--out",
+            &out,
+        ],
+        &["text.npy", "not a .npy"],
+    );
     // Truncated file.
     let bytes = std::fs::read(d.join("data.npy")).unwrap();
     std::fs::write(d.join("short.npy"), &bytes[..bytes.len() - 7]).unwrap();
-    fails_with(&["encode", "--method", "fista", "--dictionary", &dict, "--input", &p(d, "short.npy"), "--out", &out], &["short.npy", "truncated", "(20, 4)"]);
+    fails_with(
+        &[
+            "encode",
+            "--method",
+            "fista",
+            "--dictionary",
+            &dict,
+            "--input",
+            &p(d, "short.npy"),
+            "--out",
+            &out,
+        ],
+        &["short.npy", "truncated", "(20, 4)"],
+    );
     // Shape mismatch between data and dictionary: names the file and both shapes.
     let wrong = sparse_core::Matrix::zeros(20, 5);
-    sparse_core::io::write_npy(&d.join("wrong.npy"), &wrong, sparse_core::io::NpyDtype::F32).unwrap();
-    fails_with(&["encode", "--method", "fista", "--dictionary", &dict, "--input", &p(d, "wrong.npy"), "--out", &out], &["wrong.npy", "(n, 4)", "(20, 5)"]);
-    fails_with(&["metrics", "--true", &p(d, "codes.npy"), "--pred", &p(d, "dictionary.npy")], &["dictionary.npy", "20", "(6, 4)"]);
+    sparse_core::io::write_npy(&d.join("wrong.npy"), &wrong, sparse_core::io::NpyDtype::F32)
+        .unwrap();
+    fails_with(
+        &[
+            "encode",
+            "--method",
+            "fista",
+            "--dictionary",
+            &dict,
+            "--input",
+            &p(d, "wrong.npy"),
+            "--out",
+            &out,
+        ],
+        &["wrong.npy", "(n, 4)", "(20, 5)"],
+    );
+    fails_with(
+        &[
+            "metrics",
+            "--true",
+            &p(d, "codes.npy"),
+            "--pred",
+            &p(d, "dictionary.npy"),
+        ],
+        &["dictionary.npy", "20", "(6, 4)"],
+    );
     // NaN in the data names the location.
     let mut nan = sparse_core::Matrix::zeros(3, 4);
     nan.set(2, 1, f32::NAN);
     sparse_core::io::write_npy(&d.join("nan.npy"), &nan, sparse_core::io::NpyDtype::F32).unwrap();
-    fails_with(&["encode", "--method", "fista", "--dictionary", &dict, "--input", &p(d, "nan.npy"), "--out", &out], &["nan.npy", "row 2, column 1"]);
+    fails_with(
+        &[
+            "encode",
+            "--method",
+            "fista",
+            "--dictionary",
+            &dict,
+            "--input",
+            &p(d, "nan.npy"),
+            "--out",
+            &out,
+        ],
+        &["nan.npy", "row 2, column 1"],
+    );
     // Missing file.
-    fails_with(&["metrics", "--true", &p(d, "absent.npy"), "--pred", &out], &["absent.npy"]);
+    fails_with(
+        &["metrics", "--true", &p(d, "absent.npy"), "--pred", &out],
+        &["absent.npy"],
+    );
     // Nothing was written by the failed encodes.
     assert!(!d.join("z.npy").exists());
 }
@@ -113,23 +315,64 @@ fn quick_study_writes_json_table_and_figure_with_the_papers_ordering() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("kd");
     let run = bin()
-        .args(["reproduce", "known-dictionary", "--quick", "--out", out.to_str().unwrap()])
+        .args([
+            "reproduce",
+            "known-dictionary",
+            "--quick",
+            "--out",
+            out.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let table = std::fs::read_to_string(out.join("table.md")).unwrap();
-    for m in ["sae", "mlp-32", "fista", "ista", "exp-adam", "omp", "mp", "sae+fista", "sae+exp-adam"] {
-        assert!(table.contains(&format!("| {m} |")), "table lacks {m}:\n{table}");
+    for m in [
+        "sae",
+        "mlp-32",
+        "fista",
+        "ista",
+        "exp-adam",
+        "omp",
+        "mp",
+        "sae+fista",
+        "sae+exp-adam",
+    ] {
+        assert!(
+            table.contains(&format!("| {m} |")),
+            "table lacks {m}:\n{table}"
+        );
     }
     let svg = std::fs::read_to_string(out.join("mcc_vs_flops.svg")).unwrap();
     assert!(svg.contains("<svg") && svg.contains("fista"));
-    let json: Value = serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    let json: Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
     let mcc = |m: &str| {
-        json["summary"].as_array().unwrap().iter().find(|r| r["method"] == m).unwrap()["test_mcc"][0].as_f64().unwrap()
+        json["summary"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["method"] == m)
+            .unwrap()["test_mcc"][0]
+            .as_f64()
+            .unwrap()
     };
     // Even the quick configuration shows per-sample inference > MLP > SAE.
-    assert!(mcc("fista") > mcc("mlp-32"), "fista {} vs mlp {}", mcc("fista"), mcc("mlp-32"));
-    assert!(mcc("mlp-32") > mcc("sae"), "mlp {} vs sae {}", mcc("mlp-32"), mcc("sae"));
+    assert!(
+        mcc("fista") > mcc("mlp-32"),
+        "fista {} vs mlp {}",
+        mcc("fista"),
+        mcc("mlp-32")
+    );
+    assert!(
+        mcc("mlp-32") > mcc("sae"),
+        "mlp {} vs sae {}",
+        mcc("mlp-32"),
+        mcc("sae")
+    );
     assert_eq!(json["config"]["seeds"], 2);
     assert_eq!(json["runs"].as_array().unwrap().len(), 2 * 9);
 }

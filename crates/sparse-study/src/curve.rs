@@ -22,12 +22,19 @@ pub fn flops_to_reach(curve: &[CurvePoint], level: f64) -> Option<f64> {
 /// The curve's value at `flops`: the last point at or below it (step function),
 /// `None` before the first point.
 pub fn value_at(curve: &[CurvePoint], flops: f64) -> Option<f64> {
-    curve.iter().take_while(|p| p.flops <= flops).last().map(|p| p.mcc)
+    curve
+        .iter()
+        .take_while(|p| p.flops <= flops)
+        .last()
+        .map(|p| p.mcc)
 }
 
 /// `n` log-spaced FLOP values spanning `[lo, hi]`.
 pub fn log_grid(lo: f64, hi: f64, n: usize) -> Vec<f64> {
-    assert!(lo > 0.0 && hi >= lo && n >= 2, "log_grid needs 0 < lo <= hi and n >= 2");
+    assert!(
+        lo > 0.0 && hi >= lo && n >= 2,
+        "log_grid needs 0 < lo <= hi and n >= 2"
+    );
     let (a, b) = (lo.ln(), hi.ln());
     (0..n)
         .map(|i| (a + (b - a) * i as f64 / (n - 1) as f64).exp())
@@ -64,7 +71,11 @@ mod tests {
     fn pts(v: &[(f64, f64)]) -> Vec<CurvePoint> {
         v.iter()
             .enumerate()
-            .map(|(i, &(flops, mcc))| CurvePoint { step: i, flops, mcc })
+            .map(|(i, &(flops, mcc))| CurvePoint {
+                step: i,
+                flops,
+                mcc,
+            })
             .collect()
     }
 

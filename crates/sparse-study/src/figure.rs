@@ -32,9 +32,19 @@ pub fn line_chart_svg(path: &Path, spec: &FigureSpec<'_>, series: &[Series]) -> 
         let root = SVGBackend::with_string(&mut svg, (960, 640)).into_drawing_area();
         root.fill(&WHITE)?;
         let xs = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
-        let (lo, hi) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| (a.min(x), b.max(x)));
-        anyhow::ensure!(lo.is_finite() && hi.is_finite(), "figure {}: no points", spec.title);
-        let (lo, hi) = if spec.log_x { (lo / 1.5, hi * 1.5) } else { (lo, hi) };
+        let (lo, hi) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
+            (a.min(x), b.max(x))
+        });
+        anyhow::ensure!(
+            lo.is_finite() && hi.is_finite(),
+            "figure {}: no points",
+            spec.title
+        );
+        let (lo, hi) = if spec.log_x {
+            (lo / 1.5, hi * 1.5)
+        } else {
+            (lo, hi)
+        };
         let mut builder = ChartBuilder::on(&root);
         builder
             .caption(spec.title, ("sans-serif", 22))
@@ -54,7 +64,10 @@ pub fn line_chart_svg(path: &Path, spec: &FigureSpec<'_>, series: &[Series]) -> 
                 for (i, s) in series.iter().enumerate() {
                     let color = Palette99::pick(i).to_rgba();
                     chart
-                        .draw_series(LineSeries::new(s.points.iter().copied(), color.stroke_width(2)))?
+                        .draw_series(LineSeries::new(
+                            s.points.iter().copied(),
+                            color.stroke_width(2),
+                        ))?
                         .label(s.label.clone())
                         .legend(move |(x, y)| {
                             PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
@@ -89,13 +102,30 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("f.svg");
         let series = vec![
-            Series { label: "alpha".into(), points: vec![(1e3, 0.1), (1e6, 0.8)] },
-            Series { label: "beta".into(), points: vec![(1e4, 0.5), (1e8, 0.9)] },
+            Series {
+                label: "alpha".into(),
+                points: vec![(1e3, 0.1), (1e6, 0.8)],
+            },
+            Series {
+                label: "beta".into(),
+                points: vec![(1e4, 0.5), (1e8, 0.9)],
+            },
         ];
-        let spec = FigureSpec { title: "t", x_label: "FLOPs", y_label: "MCC", log_x: true, y_range: (0.0, 1.0) };
+        let spec = FigureSpec {
+            title: "t",
+            x_label: "FLOPs",
+            y_label: "MCC",
+            log_x: true,
+            y_range: (0.0, 1.0),
+        };
         line_chart_svg(&path, &spec, &series).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.starts_with("<svg") && text.contains("alpha") && text.contains("beta") && text.contains("FLOPs"));
+        assert!(
+            text.starts_with("<svg")
+                && text.contains("alpha")
+                && text.contains("beta")
+                && text.contains("FLOPs")
+        );
         assert!(text.matches("<polyline").count() >= 2);
         std::fs::remove_dir_all(&dir).unwrap();
     }

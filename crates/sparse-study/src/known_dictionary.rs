@@ -126,24 +126,49 @@ impl KnownDictionaryConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         SyntheticConfig::paper(self.n_latents, self.dim, self.k, self.base_seed).validate()?;
         anyhow::ensure!(self.seeds >= 1, "seeds must be at least 1");
-        anyhow::ensure!(self.n_train >= 2 && self.n_val >= 2 && self.n_test >= 2, "every split needs at least 2 samples");
-        anyhow::ensure!(self.train_steps >= 1 && self.eval_points >= 2, "train_steps ≥ 1 and eval_points ≥ 2 required");
-        anyhow::ensure!(!self.fista_lambdas.is_empty() && !self.pursuit_ks.is_empty(), "the λ and k grids must not be empty");
-        anyhow::ensure!(self.lambda >= 0.0 && self.lr > 0.0 && self.exp_adam_lr > 0.0, "λ ≥ 0 and positive learning rates required");
+        anyhow::ensure!(
+            self.n_train >= 2 && self.n_val >= 2 && self.n_test >= 2,
+            "every split needs at least 2 samples"
+        );
+        anyhow::ensure!(
+            self.train_steps >= 1 && self.eval_points >= 2,
+            "train_steps ≥ 1 and eval_points ≥ 2 required"
+        );
+        anyhow::ensure!(
+            !self.fista_lambdas.is_empty() && !self.pursuit_ks.is_empty(),
+            "the λ and k grids must not be empty"
+        );
+        anyhow::ensure!(
+            self.lambda >= 0.0 && self.lr > 0.0 && self.exp_adam_lr > 0.0,
+            "λ ≥ 0 and positive learning rates required"
+        );
         Ok(())
     }
 
     fn data_config(&self, seed_index: usize) -> SyntheticConfig {
-        SyntheticConfig::paper(self.n_latents, self.dim, self.k, self.base_seed + seed_index as u64)
+        SyntheticConfig::paper(
+            self.n_latents,
+            self.dim,
+            self.k,
+            self.base_seed + seed_index as u64,
+        )
     }
 
     fn method_names(&self) -> Vec<String> {
         let mut names = vec!["sae".to_string()];
         names.extend(self.mlp_widths.iter().map(|h| format!("mlp-{h}")));
         names.extend(
-            ["fista", "ista", "exp-adam", "omp", "mp", "sae+fista", "sae+exp-adam"]
-                .iter()
-                .map(|s| s.to_string()),
+            [
+                "fista",
+                "ista",
+                "exp-adam",
+                "omp",
+                "mp",
+                "sae+fista",
+                "sae+exp-adam",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
         );
         names
     }
@@ -265,7 +290,10 @@ fn paper_mcc(method: &str) -> Option<f64> {
 }
 
 /// Runs the study. Seeds run in parallel; the result does not depend on the thread count.
-pub fn run(config: &KnownDictionaryConfig, progress: &dyn Progress) -> anyhow::Result<KnownDictionaryReport> {
+pub fn run(
+    config: &KnownDictionaryConfig,
+    progress: &dyn Progress,
+) -> anyhow::Result<KnownDictionaryReport> {
     config.validate()?;
     let started = Instant::now();
     let methods = config.method_names();
@@ -294,7 +322,9 @@ pub fn run(config: &KnownDictionaryConfig, progress: &dyn Progress) -> anyhow::R
 fn eval_steps(last: usize, points: usize) -> Vec<usize> {
     let mut steps = vec![0usize];
     for i in 0..points.saturating_sub(1) {
-        let t = (last as f64).powf((i + 1) as f64 / (points - 1) as f64).round() as usize;
+        let t = (last as f64)
+            .powf((i + 1) as f64 / (points - 1) as f64)
+            .round() as usize;
         if t > *steps.last().unwrap() {
             steps.push(t.min(last));
         }
@@ -312,7 +342,11 @@ struct SeedContext<'a> {
     progress: &'a dyn Progress,
 }
 
-fn run_seed(config: &KnownDictionaryConfig, index: usize, progress: &dyn Progress) -> anyhow::Result<Vec<MethodRun>> {
+fn run_seed(
+    config: &KnownDictionaryConfig,
+    index: usize,
+    progress: &dyn Progress,
+) -> anyhow::Result<Vec<MethodRun>> {
     let data_config = config.data_config(index);
     let data = data_config.generate(config.n_train, config.n_val, config.n_test)?;
     let ctx = SeedContext {
@@ -360,7 +394,8 @@ fn run_seed(config: &KnownDictionaryConfig, index: usize, progress: &dyn Progres
     };
     let mut best = (f64::NEG_INFINITY, config.fista_lambdas[0]);
     for &lambda in &config.fista_lambdas {
-        let enc = Fista::new(fista_config(lambda, true))?.encode(&ctx.data.val.x, &ctx.data.dictionary)?;
+        let enc = Fista::new(fista_config(lambda, true))?
+            .encode(&ctx.data.val.x, &ctx.data.dictionary)?;
         let mcc = code_mcc(&ctx.data.val.z, &enc.codes)?;
         if mcc > best.0 {
             best = (mcc, lambda);
@@ -384,8 +419,14 @@ fn run_seed(config: &KnownDictionaryConfig, index: usize, progress: &dyn Progres
 
     // OMP and MP: choose k on validation.
     for (name, make) in [
-        ("omp", &(|k| Ok(Box::new(Omp::new(k, None, false)?) as Box<dyn Encoder>)) as &dyn Fn(usize) -> anyhow::Result<Box<dyn Encoder>>),
-        ("mp", &|k| Ok(Box::new(MatchingPursuit::new(k, false)?) as Box<dyn Encoder>)),
+        (
+            "omp",
+            &(|k| Ok(Box::new(Omp::new(k, None, false)?) as Box<dyn Encoder>))
+                as &dyn Fn(usize) -> anyhow::Result<Box<dyn Encoder>>,
+        ),
+        ("mp", &|k| {
+            Ok(Box::new(MatchingPursuit::new(k, false)?) as Box<dyn Encoder>)
+        }),
     ] {
         let mut best = (f64::NEG_INFINITY, config.pursuit_ks[0]);
         for &k in config.pursuit_ks.iter().filter(|&&k| k <= config.n_latents) {
@@ -396,12 +437,21 @@ fn run_seed(config: &KnownDictionaryConfig, index: usize, progress: &dyn Progres
             }
         }
         let encoder = make(best.1)?;
-        runs.push(ctx.single_pass(name, encoder.as_ref(), 0.0, lambda_hyper("k", best.1 as f32))?);
+        runs.push(ctx.single_pass(
+            name,
+            encoder.as_ref(),
+            0.0,
+            lambda_hyper("k", best.1 as f32),
+        )?);
     }
 
     // SAE + ITO, warm-started from the trained SAE's codes.
     for (name, solver, mut hyper) in [
-        ("sae+fista", &fista as &dyn WarmStartSolver, lambda_hyper("lambda", lambda_star)),
+        (
+            "sae+fista",
+            &fista as &dyn WarmStartSolver,
+            lambda_hyper("lambda", lambda_star),
+        ),
         ("sae+exp-adam", &exp_adam as &dyn WarmStartSolver, exp_hyper),
     ] {
         hyper.insert("warm_start".into(), 1.0);
@@ -412,7 +462,10 @@ fn run_seed(config: &KnownDictionaryConfig, index: usize, progress: &dyn Progres
         let mut run = ctx.per_sample_iterative(name, &ito, hyper)?;
         run.family = Family::AmortisedPlusIto;
         run.train_flops = sae_train_flops;
-        run.curve_val.iter_mut().chain(run.curve_test.iter_mut()).for_each(|p| p.flops += sae_train_flops);
+        run.curve_val
+            .iter_mut()
+            .chain(run.curve_test.iter_mut())
+            .for_each(|p| p.flops += sae_train_flops);
         runs.push(run);
     }
     Ok(runs)
@@ -424,7 +477,12 @@ fn lambda_hyper(name: &str, value: f32) -> BTreeMap<String, f64> {
 
 /// Anything that can trace its iterations through a monitor.
 trait Traceable {
-    fn trace(&self, x: &sparse_core::Matrix, d: &sparse_core::Matrix, monitor: &mut dyn FnMut(&SolverProgress<'_>) -> bool) -> sparse_core::Result<Encoding>;
+    fn trace(
+        &self,
+        x: &sparse_core::Matrix,
+        d: &sparse_core::Matrix,
+        monitor: &mut dyn FnMut(&SolverProgress<'_>) -> bool,
+    ) -> sparse_core::Result<Encoding>;
 }
 
 macro_rules! traceable_solver {
@@ -439,21 +497,38 @@ macro_rules! traceable_solver {
 traceable_solver!(Fista, ExpAdam);
 
 impl Traceable for InferenceTimeOptimisation<'_> {
-    fn trace(&self, x: &sparse_core::Matrix, d: &sparse_core::Matrix, monitor: &mut dyn FnMut(&SolverProgress<'_>) -> bool) -> sparse_core::Result<Encoding> {
+    fn trace(
+        &self,
+        x: &sparse_core::Matrix,
+        d: &sparse_core::Matrix,
+        monitor: &mut dyn FnMut(&SolverProgress<'_>) -> bool,
+    ) -> sparse_core::Result<Encoding> {
         self.solve(x, d, Some(monitor))
     }
 }
 
 impl SeedContext<'_> {
-    fn finish(&self, mut run: MethodRun, codes_test: &sparse_core::Matrix, started: Instant) -> anyhow::Result<MethodRun> {
+    fn finish(
+        &self,
+        mut run: MethodRun,
+        codes_test: &sparse_core::Matrix,
+        started: Instant,
+    ) -> anyhow::Result<MethodRun> {
         run.test = code_report(&self.data.test.z, codes_test)?;
-        run.test_reconstruction_mse = reconstruction_report(&self.data.test.x, codes_test, &self.data.dictionary)?.mse;
+        run.test_reconstruction_mse =
+            reconstruction_report(&self.data.test.x, codes_test, &self.data.dictionary)?.mse;
         run.wall_seconds = started.elapsed().as_secs_f64();
-        self.progress.finished(&format!("{} (seed {})", run.method, run.seed));
+        self.progress
+            .finished(&format!("{} (seed {})", run.method, run.seed));
         Ok(run)
     }
 
-    fn blank(&self, method: &str, family: Family, hyperparameters: BTreeMap<String, f64>) -> MethodRun {
+    fn blank(
+        &self,
+        method: &str,
+        family: Family,
+        hyperparameters: BTreeMap<String, f64>,
+    ) -> MethodRun {
         MethodRun {
             method: method.to_string(),
             family,
@@ -472,7 +547,11 @@ impl SeedContext<'_> {
         }
     }
 
-    fn train_amortised<T: Trainable>(&self, name: &str, model: &mut T) -> anyhow::Result<MethodRun> {
+    fn train_amortised<T: Trainable>(
+        &self,
+        name: &str,
+        model: &mut T,
+    ) -> anyhow::Result<MethodRun> {
         let started = Instant::now();
         let c = self.config;
         let mut hyper = lambda_hyper("lambda", c.lambda);
@@ -487,7 +566,10 @@ impl SeedContext<'_> {
             if checkpoints.get(next) == Some(&step) {
                 next += 1;
                 let trained = step_flops * step as f64;
-                for (split, curve) in [(&self.data.val, &mut run.curve_val), (&self.data.test, &mut run.curve_test)] {
+                for (split, curve) in [
+                    (&self.data.val, &mut run.curve_val),
+                    (&self.data.test, &mut run.curve_test),
+                ] {
                     let enc = model.encode(&split.x, d)?;
                     curve.push(CurvePoint {
                         step,
@@ -498,7 +580,11 @@ impl SeedContext<'_> {
             }
             if step < c.train_steps {
                 let loss = model.train_step(&self.data.train.x, d)?;
-                anyhow::ensure!(loss.is_finite(), "{name} (seed {}): loss became {loss} at step {step}; lower the learning rate", self.seed);
+                anyhow::ensure!(
+                    loss.is_finite(),
+                    "{name} (seed {}): loss became {loss} at step {step}; lower the learning rate",
+                    self.seed
+                );
             }
         }
         run.train_flops = step_flops * c.train_steps as f64;
@@ -515,20 +601,32 @@ impl SeedContext<'_> {
         self.finish(run, &test.codes, started)
     }
 
-    fn per_sample_iterative(&self, name: &str, solver: &dyn Traceable, hyper: BTreeMap<String, f64>) -> anyhow::Result<MethodRun> {
+    fn per_sample_iterative(
+        &self,
+        name: &str,
+        solver: &dyn Traceable,
+        hyper: BTreeMap<String, f64>,
+    ) -> anyhow::Result<MethodRun> {
         let started = Instant::now();
         let family = Family::PerSample;
         let mut run = self.blank(name, family, hyper);
         let d = &self.data.dictionary;
         let max_iter = self.config.fista_max_iter.max(self.config.exp_adam_iter);
-        let record: std::collections::BTreeSet<usize> = eval_steps(max_iter, self.config.eval_points * 2).into_iter().collect();
+        let record: std::collections::BTreeSet<usize> =
+            eval_steps(max_iter, self.config.eval_points * 2)
+                .into_iter()
+                .collect();
         let mut trace = |split: &Split| -> anyhow::Result<(Encoding, Vec<CurvePoint>)> {
             let mut curve = Vec::new();
             let mut failure = None;
             let mut monitor = |p: &SolverProgress<'_>| {
                 if record.contains(&p.iteration) {
                     match code_mcc(&split.z, p.codes) {
-                        Ok(mcc) => curve.push(CurvePoint { step: p.iteration, flops: p.flops, mcc }),
+                        Ok(mcc) => curve.push(CurvePoint {
+                            step: p.iteration,
+                            flops: p.flops,
+                            mcc,
+                        }),
                         Err(e) => {
                             failure = Some(e);
                             return false;
@@ -543,12 +641,18 @@ impl SeedContext<'_> {
             }
             // The final iterate is always on the curve, even between recorded iterations.
             if curve.last().map(|p| p.step) != Some(enc.iterations) {
-                curve.push(CurvePoint { step: enc.iterations, flops: enc.flops, mcc: code_mcc(&split.z, &enc.codes)? });
+                curve.push(CurvePoint {
+                    step: enc.iterations,
+                    flops: enc.flops,
+                    mcc: code_mcc(&split.z, &enc.codes)?,
+                });
             }
             Ok((enc, curve))
         };
-        let (val, curve_val) = trace(&self.data.val).with_context(|| format!("{name} on validation"))?;
-        let (test, curve_test) = trace(&self.data.test).with_context(|| format!("{name} on test"))?;
+        let (val, curve_val) =
+            trace(&self.data.val).with_context(|| format!("{name} on validation"))?;
+        let (test, curve_test) =
+            trace(&self.data.test).with_context(|| format!("{name} on test"))?;
         run.val_mcc = code_mcc(&self.data.val.z, &val.codes)?;
         run.curve_val = curve_val;
         run.curve_test = curve_test;
@@ -557,16 +661,27 @@ impl SeedContext<'_> {
         self.finish(run, &test.codes, started)
     }
 
-    fn single_pass(&self, name: &str, encoder: &dyn Encoder, train_flops: f64, hyper: BTreeMap<String, f64>) -> anyhow::Result<MethodRun> {
+    fn single_pass(
+        &self,
+        name: &str,
+        encoder: &dyn Encoder,
+        train_flops: f64,
+        hyper: BTreeMap<String, f64>,
+    ) -> anyhow::Result<MethodRun> {
         let started = Instant::now();
         let mut run = self.blank(name, Family::PerSample, hyper);
         let d = &self.data.dictionary;
         let val = encoder.encode(&self.data.val.x, d)?;
         let test = encoder.encode(&self.data.test.x, d)?;
         run.val_mcc = code_mcc(&self.data.val.z, &val.codes)?;
-        let point = |enc: &Encoding, mcc| CurvePoint { step: enc.iterations, flops: train_flops + enc.flops, mcc };
+        let point = |enc: &Encoding, mcc| CurvePoint {
+            step: enc.iterations,
+            flops: train_flops + enc.flops,
+            mcc,
+        };
         run.curve_val.push(point(&val, run.val_mcc));
-        run.curve_test.push(point(&test, code_mcc(&self.data.test.z, &test.codes)?));
+        run.curve_test
+            .push(point(&test, code_mcc(&self.data.test.z, &test.codes)?));
         run.inference_flops = test.flops;
         run.iterations = test.iterations;
         self.finish(run, &test.codes, started)
@@ -580,7 +695,8 @@ fn summarise(methods: &[String], runs: &[MethodRun]) -> Vec<SummaryRow> {
             let rs: Vec<&MethodRun> = runs.iter().filter(|r| &r.method == m).collect();
             let first = rs.first()?;
             let col = |f: &dyn Fn(&MethodRun) -> f64| rs.iter().map(|r| f(r)).collect::<Vec<f64>>();
-            let selected: Option<Vec<f64>> = rs.iter().map(|r| r.selected_on_val.map(|s| s.1)).collect();
+            let selected: Option<Vec<f64>> =
+                rs.iter().map(|r| r.selected_on_val.map(|s| s.1)).collect();
             Some(SummaryRow {
                 method: m.clone(),
                 family: first.family,
@@ -606,7 +722,11 @@ fn overtakes(runs: &[MethodRun], summary: &[SummaryRow]) -> Vec<Overtake> {
                 .filter(|r| r.method == p)
                 .filter_map(|r| {
                     // Compare within the seed: the amortised run on the same data.
-                    let level = runs.iter().find(|q| q.method == a.method && q.seed == r.seed)?.test.code_mcc;
+                    let level = runs
+                        .iter()
+                        .find(|q| q.method == a.method && q.seed == r.seed)?
+                        .test
+                        .code_mcc;
                     flops_to_reach(&r.curve_test, level)
                 })
                 .collect();
@@ -653,12 +773,21 @@ impl KnownDictionaryReport {
                 .runs
                 .iter()
                 .find(|x| x.method == r.method)
-                .map(|x| x.hyperparameters.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", "))
+                .map(|x| {
+                    x.hyperparameters
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
                 .unwrap_or_default();
             s.push_str(&format!(
                 "| {} | {} | {} | {} | {} | {} | {:.3} | {:.2} | {:.2e} | {} | {} |\n",
                 r.method,
-                serde_json::to_value(r.family).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+                serde_json::to_value(r.family)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default(),
                 hyper,
                 pm(r.test_mcc),
                 r.selected_test_mcc.map_or("–".into(), pm),
@@ -683,7 +812,10 @@ impl KnownDictionaryReport {
                 o.per_sample_flops.map_or("never".into(), sci),
                 o.seeds_reached,
                 self.config.seeds,
-                o.per_sample_flops.map_or("–".into(), |f| format!("{:.1e}×", f / o.amortised_total_flops)),
+                o.per_sample_flops.map_or("–".into(), |f| format!(
+                    "{:.1e}×",
+                    f / o.amortised_total_flops
+                )),
             ));
         }
         s
@@ -699,7 +831,12 @@ impl KnownDictionaryReport {
             .summary
             .iter()
             .map(|r| {
-                let curves: Vec<&[CurvePoint]> = self.runs.iter().filter(|x| x.method == r.method).map(|x| x.curve_test.as_slice()).collect();
+                let curves: Vec<&[CurvePoint]> = self
+                    .runs
+                    .iter()
+                    .filter(|x| x.method == r.method)
+                    .map(|x| x.curve_test.as_slice())
+                    .collect();
                 let mut points = mean_curve(&curves, 80);
                 if points.len() < 2 {
                     // Single-pass methods: one point, drawn as a short flat segment.
@@ -707,14 +844,20 @@ impl KnownDictionaryReport {
                         points = vec![(f, m), (f * 1.3, m)];
                     }
                 }
-                Series { label: r.method.clone(), points }
+                Series {
+                    label: r.method.clone(),
+                    points,
+                }
             })
             .filter(|s| !s.points.is_empty())
             .collect();
         line_chart_svg(
             &dir.join("mcc_vs_flops.svg"),
             &FigureSpec {
-                title: &format!("Known dictionary: code MCC vs FLOPs (N={}, M={}, K={})", self.config.n_latents, self.config.dim, self.config.k),
+                title: &format!(
+                    "Known dictionary: code MCC vs FLOPs (N={}, M={}, K={})",
+                    self.config.n_latents, self.config.dim, self.config.k
+                ),
                 x_label: "cumulative FLOPs (training + test inference)",
                 y_label: "code MCC (test)",
                 log_x: true,

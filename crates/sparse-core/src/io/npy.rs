@@ -97,7 +97,12 @@ pub fn read_npy_bytes(bytes: &[u8]) -> std::result::Result<Matrix, String> {
     let (rows, cols) = match shape.as_slice() {
         [n] => (1, *n),
         [r, c] => (*r, *c),
-        s => return Err(format!("expected a 1-D or 2-D array, found {}-D shape {s:?}", s.len())),
+        s => {
+            return Err(format!(
+                "expected a 1-D or 2-D array, found {}-D shape {s:?}",
+                s.len()
+            ))
+        }
     };
     let count = rows
         .checked_mul(cols)
@@ -109,7 +114,11 @@ pub fn read_npy_bytes(bytes: &[u8]) -> std::result::Result<Matrix, String> {
     if payload.len() != nbytes {
         return Err(format!(
             "{} data: shape ({rows}, {cols}) needs {nbytes} bytes, file holds {}",
-            if payload.len() < nbytes { "truncated" } else { "trailing" },
+            if payload.len() < nbytes {
+                "truncated"
+            } else {
+                "trailing"
+            },
             payload.len()
         ));
     }
@@ -160,7 +169,10 @@ fn parse_shape(s: &str) -> std::result::Result<Vec<usize>, String> {
         .split(',')
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .map(|t| t.parse::<usize>().map_err(|_| format!("shape entry '{t}' is not a size")))
+        .map(|t| {
+            t.parse::<usize>()
+                .map_err(|_| format!("shape entry '{t}' is not a size"))
+        })
         .collect()
 }
 
@@ -233,18 +245,28 @@ mod tests {
         let good = npy_bytes(&Matrix::zeros(4, 4), NpyDtype::F32);
         let e = read_npy_bytes(&good[..good.len() - 3]).unwrap_err();
         assert!(e.contains("truncated") && e.contains("(4, 4)"), "{e}");
-        assert!(read_npy_bytes(b"hello world, not numpy").unwrap_err().contains("not a .npy"));
-        let e = read_npy_bytes(&replace(&good, "(4, 4)", "(99999999999, 99999999999)")).unwrap_err();
+        assert!(read_npy_bytes(b"hello world, not numpy")
+            .unwrap_err()
+            .contains("not a .npy"));
+        let e =
+            read_npy_bytes(&replace(&good, "(4, 4)", "(99999999999, 99999999999)")).unwrap_err();
         assert!(e.contains("overflows") || e.contains("needs"), "{e}");
         let e = read_npy_bytes(&replace(&good, "(4, 4)", "(4, 4, 4)")).unwrap_err();
         assert!(e.contains("3-D"), "{e}");
-        assert!(read_npy_bytes(&replace(&good, "<f4", "<i4")).unwrap_err().contains("<i4"));
-        assert!(read_npy_bytes(&replace(&good, "False", "True ")).unwrap_err().contains("Fortran"));
+        assert!(read_npy_bytes(&replace(&good, "<f4", "<i4"))
+            .unwrap_err()
+            .contains("<i4"));
+        assert!(read_npy_bytes(&replace(&good, "False", "True "))
+            .unwrap_err()
+            .contains("Fortran"));
     }
 
     /// `bytes` with the first occurrence of `from` replaced by `to` (header edits in tests).
     fn replace(bytes: &[u8], from: &str, to: &str) -> Vec<u8> {
-        let pos = bytes.windows(from.len()).position(|w| w == from.as_bytes()).unwrap();
+        let pos = bytes
+            .windows(from.len())
+            .position(|w| w == from.as_bytes())
+            .unwrap();
         let mut out = bytes[..pos].to_vec();
         out.extend_from_slice(to.as_bytes());
         out.extend_from_slice(&bytes[pos + from.len()..]);
