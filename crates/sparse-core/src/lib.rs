@@ -14,6 +14,7 @@ pub mod data;
 pub mod encoders;
 pub mod error;
 pub mod flops;
+pub mod gap;
 pub mod io;
 pub mod linalg;
 pub mod matrix;
