@@ -8,13 +8,14 @@
 use crate::data::SyntheticConfig;
 use crate::encoders::fista::{Fista, FistaConfig};
 use crate::encoders::pursuit::Omp;
+use crate::encoders::sae::{LayerGrads, LinearReluLayer};
 use crate::encoders::Encoder;
 use crate::error::{Error, Result};
-use crate::linalg::{gemm_into, gram, matmul_into, solve_spd, Op};
+use crate::linalg::{gram, matmul_into, solve_spd, Op};
 use crate::matrix::Matrix;
 use crate::metrics::code_mcc;
-use crate::optim::{Adam, AdamConfig};
-use rand::{Rng, SeedableRng};
+use crate::optim::AdamConfig;
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
@@ -165,36 +166,27 @@ pub fn rip_estimate(dictionary: &Matrix, order: usize, samples: usize, seed: u64
     Ok(delta)
 }
 
-/// A ReLU network fitted to codes: each layer is `ReLU(h·W + b)`, the last one included (codes are ≥ 0).
+/// A stack of linear-ReLU layers fitted to codes (the last ReLU included: codes are ≥ 0).
 struct SupervisedNet {
-    weights: Vec<Matrix>,
-    biases: Vec<Vec<f32>>,
+    layers: Vec<LinearReluLayer>,
 }
 
 impl SupervisedNet {
-    /// PyTorch `nn.Linear` initialisation, `U(−1/√fan_in, 1/√fan_in)`, for each layer of `sizes`.
-    fn new(sizes: &[usize], rng: &mut ChaCha8Rng) -> Self {
-        let mut weights = Vec::new();
-        let mut biases = Vec::new();
-        for w in sizes.windows(2) {
-            let bound = 1.0 / (w[0] as f32).sqrt();
-            weights.push(Matrix::from_fn(w[0], w[1], |_, _| rng.gen_range(-bound..bound)));
-            biases.push((0..w[1]).map(|_| rng.gen_range(-bound..bound)).collect());
-        }
-        SupervisedNet { weights, biases }
+    /// PyTorch-style initialisation, with biases, for layer sizes `sizes`.
+    fn new(sizes: &[usize], rng: &mut ChaCha8Rng, lr: f32) -> Self {
+        let layers = sizes
+            .windows(2)
+            .map(|w| LinearReluLayer::init(rng, w[0], w[1], true, AdamConfig::with_lr(lr)))
+            .collect();
+        SupervisedNet { layers }
     }
 
     /// Activations of every layer (`acts[0]` is the input copy).
     fn forward(&self, x: &Matrix) -> Vec<Matrix> {
         let mut acts = vec![x.clone()];
-        for (w, b) in self.weights.iter().zip(&self.biases) {
-            let mut h = Matrix::zeros(x.rows(), w.cols());
-            matmul_into(&mut h, acts.last().expect("input"), Op::N, w, Op::N);
-            for i in 0..h.rows() {
-                for (v, &bj) in h.row_mut(i).iter_mut().zip(b) {
-                    *v = (*v + bj).max(0.0);
-                }
-            }
+        for layer in &self.layers {
+            let mut h = Matrix::zeros(x.rows(), layer.w.cols());
+            layer.forward(acts.last().expect("input"), &mut h);
             acts.push(h);
         }
         acts
@@ -204,54 +196,34 @@ impl SupervisedNet {
         self.forward(x).pop().expect("at least one layer")
     }
 
-    /// One full-batch Adam step on `mean((ẑ − z)²)`; returns the loss before the step.
-    fn train_step(&mut self, x: &Matrix, z: &Matrix, opt: &mut [(Adam, Adam)]) -> f64 {
+    /// One full-batch Adam step on `mean((ẑ − z)²)`.
+    fn train_step(&mut self, x: &Matrix, z: &Matrix) {
         let acts = self.forward(x);
         let out = acts.last().expect("output");
         let scale = 2.0 / (out.rows() * out.cols()) as f32;
-        let mut loss = 0.0f64;
         let mut delta = Matrix::zeros(out.rows(), out.cols());
         for ((d, &o), &t) in delta.as_mut_slice().iter_mut().zip(out.as_slice()).zip(z.as_slice()) {
-            loss += ((o - t) as f64).powi(2);
-            // ReLU passes the gradient only where its output is positive.
-            *d = if o > 0.0 { scale * (o - t) } else { 0.0 };
+            *d = scale * (o - t);
         }
-        for l in (0..self.weights.len()).rev() {
-            let input = &acts[l];
-            let mut dw = Matrix::zeros(self.weights[l].rows(), self.weights[l].cols());
-            gemm_into(dw.view_mut(), false, input.view(), Op::T, delta.view(), Op::N, 1.0);
-            let mut db = vec![0.0f32; delta.cols()];
-            for row in delta.rows_iter() {
-                db.iter_mut().zip(row).for_each(|(a, &g)| *a += g);
-            }
+        for l in (0..self.layers.len()).rev() {
+            let layer = &self.layers[l];
+            let mut grads = LayerGrads::new(layer.w.rows(), layer.w.cols());
+            layer.backward_params(&acts[l], &acts[l + 1], &mut delta, &mut grads);
             if l > 0 {
-                let mut prev = Matrix::zeros(input.rows(), input.cols());
-                gemm_into(prev.view_mut(), false, delta.view(), Op::N, self.weights[l].view(), Op::T, 1.0);
-                for (p, &a) in prev.as_mut_slice().iter_mut().zip(input.as_slice()) {
-                    if a <= 0.0 {
-                        *p = 0.0;
-                    }
-                }
+                let mut prev = Matrix::zeros(acts[l].rows(), acts[l].cols());
+                layer.backward_input(&delta, &mut prev);
                 delta = prev;
             }
-            opt[l].0.step(self.weights[l].as_mut_slice(), dw.as_slice());
-            opt[l].1.step(&mut self.biases[l], &db);
+            self.layers[l].step(&grads);
         }
-        loss / (out.rows() * out.cols()) as f64
     }
 
-    fn fit(&mut self, x: &Matrix, z: &Matrix, steps: usize, lr: f32) -> f64 {
-        let mut opt: Vec<(Adam, Adam)> = self
-            .weights
-            .iter()
-            .zip(&self.biases)
-            .map(|(w, b)| (Adam::new(w.as_slice().len(), AdamConfig::with_lr(lr)), Adam::new(b.len(), AdamConfig::with_lr(lr))))
-            .collect();
+    /// Trains for `steps` full-batch steps; returns the final training MSE.
+    fn fit(&mut self, x: &Matrix, z: &Matrix, steps: usize) -> f64 {
         for _ in 0..steps {
-            self.train_step(x, z, &mut opt);
+            self.train_step(x, z);
         }
-        let pred = self.predict(x);
-        mse(&pred, z)
+        mse(&self.predict(x), z)
     }
 }
 
@@ -346,13 +318,21 @@ pub fn measure(config: &GapConfig) -> Result<GapReport> {
 
     // Linear-ReLU with bias: least squares, then Adam through the ReLU.
     let (w, b) = least_squares_affine(&train.x, &train.z)?;
-    let mut linear = SupervisedNet { weights: vec![w], biases: vec![b] };
-    let train_mse = linear.fit(&train.x, &train.z, config.steps, config.lr);
+    let layer = LinearReluLayer::from_weights(
+        ("W", "b"),
+        w,
+        b,
+        (config.dim, config.n_latents),
+        true,
+        AdamConfig::with_lr(config.lr),
+    )?;
+    let mut linear = SupervisedNet { layers: vec![layer] };
+    let train_mse = linear.fit(&train.x, &train.z, config.steps);
     encoders.push(code_error("linear-relu", &linear.predict(&test.x), &test.z, Some(train_mse))?);
 
     for &h in &config.mlp_widths {
-        let mut mlp = SupervisedNet::new(&[config.dim, h, config.n_latents], &mut rng);
-        let train_mse = mlp.fit(&train.x, &train.z, config.steps, config.lr);
+        let mut mlp = SupervisedNet::new(&[config.dim, h, config.n_latents], &mut rng, config.lr);
+        let train_mse = mlp.fit(&train.x, &train.z, config.steps);
         encoders.push(code_error(&format!("mlp-{h}"), &mlp.predict(&test.x), &test.z, Some(train_mse))?);
     }
 

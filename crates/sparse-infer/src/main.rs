@@ -9,6 +9,7 @@ use sparse_core::encoders::pursuit::{MatchingPursuit, Omp};
 use sparse_core::encoders::Encoder;
 use sparse_core::io::{read_npy, write_npy, NpyDtype};
 use sparse_core::metrics;
+use sparse_study::amortisation_gap::{self, GapGridConfig};
 use sparse_study::known_dictionary::{self, KnownDictionaryConfig};
 use std::path::{Path, PathBuf};
 
@@ -30,6 +31,36 @@ enum Command {
     Encode(EncodeArgs),
     /// Run a study of the paper end to end (defaults reproduce it).
     Reproduce(ReproduceArgs),
+    /// Measure the amortisation gap for one (N, M, K): best supervised encoders vs per-sample inference; prints JSON.
+    Gap(GapArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct GapArgs {
+    /// Number of latents N.
+    #[arg(long)]
+    latents: usize,
+    /// Observed dimension M.
+    #[arg(long)]
+    dim: usize,
+    /// Active latents K.
+    #[arg(long)]
+    k: usize,
+    /// Seed of data, initialisation and sampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Supervised MLP hidden widths (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![32usize, 128, 512, 1024])]
+    widths: Vec<usize>,
+    /// Full-batch Adam steps per supervised encoder.
+    #[arg(long, default_value_t = 3000)]
+    steps: usize,
+    /// Training codes for the supervised encoders.
+    #[arg(long, default_value_t = 4096)]
+    train_samples: usize,
+    /// Held-out codes.
+    #[arg(long, default_value_t = 1024)]
+    test_samples: usize,
 }
 
 #[derive(clap::Args, Debug)]
@@ -125,6 +156,8 @@ struct EncodeArgs {
 enum Study {
     /// Encoders paired with the frozen true dictionary (paper §7, "Known D").
     KnownDictionary,
+    /// The amortisation gap over a grid of N/M and K (docs/theory.md).
+    AmortisationGap,
 }
 
 #[derive(clap::Args, Debug)]
@@ -135,9 +168,9 @@ struct ReproduceArgs {
     /// Number of seeds (default: 5, as in the paper).
     #[arg(long)]
     seeds: Option<usize>,
-    /// Output folder for results.json, table.md and the figure.
-    #[arg(long, default_value = "results/known-dictionary")]
-    out: PathBuf,
+    /// Output folder for results.json, table.md and the figures (default: results/<study>).
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// A reduced configuration that runs in seconds (smoke test).
     #[arg(long)]
     quick: bool,
@@ -162,6 +195,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Metrics(a) => metrics_cmd(a),
         Command::Encode(a) => encode(a),
         Command::Reproduce(a) => reproduce(a),
+        Command::Gap(a) => gap(a),
     }
 }
 
@@ -313,33 +347,54 @@ impl sparse_study::Progress for Bar {
     }
 }
 
+fn progress_bar() -> indicatif::ProgressBar {
+    indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} eta {eta} {msg}")
+            .expect("static template")
+            .progress_chars("=> "),
+    )
+}
+
 fn reproduce(a: ReproduceArgs) -> Result<()> {
+    let bar = progress_bar();
     match a.study {
         Study::KnownDictionary => {
-            let mut config = if a.quick {
-                KnownDictionaryConfig::quick()
-            } else {
-                KnownDictionaryConfig::default()
-            };
+            let out = a.out.unwrap_or_else(|| PathBuf::from("results/known-dictionary"));
+            let mut config = if a.quick { KnownDictionaryConfig::quick() } else { KnownDictionaryConfig::default() };
             if let Some(s) = a.seeds {
                 config.seeds = s;
             }
-            let bar = indicatif::ProgressBar::new(0).with_style(
-                indicatif::ProgressStyle::with_template(
-                    "{elapsed_precise} [{bar:30}] {pos}/{len} eta {eta} {msg}",
-                )
-                .expect("static template")
-                .progress_chars("=> "),
-            );
             let report = known_dictionary::run(&config, &Bar(bar.clone()))?;
             bar.finish_and_clear();
-            report.write(&a.out)?;
+            report.write(&out)?;
             println!("{}", report.markdown());
-            println!(
-                "Wrote {}/results.json, table.md and mcc_vs_flops.svg",
-                a.out.display()
-            );
-            Ok(())
+            println!("Wrote {}/results.json, table.md and mcc_vs_flops.svg", out.display());
+        }
+        Study::AmortisationGap => {
+            let out = a.out.unwrap_or_else(|| PathBuf::from("results/amortisation-gap"));
+            if a.seeds.is_some() {
+                bail!("--seeds does not apply to amortisation-gap (one seed per cell; see --help)");
+            }
+            let config = if a.quick { GapGridConfig::quick() } else { GapGridConfig::default() };
+            let report = amortisation_gap::run(&config, &Bar(bar.clone()))?;
+            bar.finish_and_clear();
+            report.write(&out)?;
+            println!("{}", report.markdown());
+            println!("Wrote {}/results.json, table.md and gap_k*.svg", out.display());
         }
     }
+    Ok(())
+}
+
+fn gap(a: GapArgs) -> Result<()> {
+    let config = sparse_core::gap::GapConfig {
+        mlp_widths: a.widths,
+        steps: a.steps,
+        n_train: a.train_samples,
+        n_test: a.test_samples,
+        ..sparse_core::gap::GapConfig::new(a.latents, a.dim, a.k, a.seed)
+    };
+    let report = sparse_core::gap::measure(&config)?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
 }

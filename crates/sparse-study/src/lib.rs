@@ -5,6 +5,7 @@
 //! configuration) and renders a Markdown table, a JSON file and SVG figures.
 //! No printing: progress goes through a [`Progress`] callback.
 
+pub mod amortisation_gap;
 pub mod curve;
 pub mod figure;
 pub mod known_dictionary;
