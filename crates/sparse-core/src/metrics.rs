@@ -518,7 +518,7 @@ pub fn support_scores_with_threshold(
 
 /// Everything the code-recovery experiments report for one set of
 /// predicted codes. L0 and dead latents describe the PREDICTED codes.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Default, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CodeReport {
     /// [`code_mcc`].
     pub code_mcc: f64,

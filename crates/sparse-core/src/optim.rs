@@ -95,10 +95,22 @@ impl Adam {
             .zip(&mut self.m)
             .zip(&mut self.v)
         {
-            *m = beta1 * *m + (1.0 - beta1) * g;
-            *v = beta2 * *v + (1.0 - beta2) * g * g;
+            *m = flush_subnormal(beta1 * *m + (1.0 - beta1) * g);
+            *v = flush_subnormal(beta2 * *v + (1.0 - beta2) * g * g);
             *p -= step_size * *m / (v.sqrt() / bc2_sqrt + eps);
         }
+    }
+}
+
+/// `v`, or 0 when `v` is subnormal. Moments that decay into the subnormal
+/// range (parameters whose gradient has vanished) would otherwise make every
+/// later update ~30× slower; next to `eps` they change nothing.
+#[inline]
+pub fn flush_subnormal(v: f32) -> f32 {
+    if v.abs() < f32::MIN_POSITIVE {
+        0.0
+    } else {
+        v
     }
 }
 
@@ -115,6 +127,24 @@ mod tests {
         assert!((p[0] - 0.9).abs() < 1e-6);
         assert!((p[1] + 1.9).abs() < 1e-4);
         assert_eq!(p[2], 0.5);
+    }
+
+    #[test]
+    fn vanishing_gradients_leave_no_subnormal_state() {
+        let mut p = vec![1.0f32];
+        let mut adam = Adam::new(1, AdamConfig::default());
+        adam.step(&mut p, &[1e-20]);
+        for _ in 0..2000 {
+            adam.step(&mut p, &[0.0]);
+        }
+        assert!(
+            adam.m[0] == 0.0 && adam.v[0] == 0.0,
+            "{:e} {:e}",
+            adam.m[0],
+            adam.v[0]
+        );
+        assert_eq!(flush_subnormal(1e-39), 0.0);
+        assert_eq!(flush_subnormal(-2e-38), -2e-38);
     }
 
     #[test]

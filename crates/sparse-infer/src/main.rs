@@ -136,7 +136,7 @@ struct EncodeArgs {
     #[arg(long)]
     out: PathBuf,
     /// Sparsity weight λ (fista/ista: ½‖x − zD‖² + λ‖z‖₁; exp-adam: the paper's mean loss).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     lambda: Option<f32>,
     /// Number of atoms for omp/mp.
     #[arg(long)]
@@ -349,9 +349,11 @@ impl sparse_study::Progress for Bar {
 
 fn progress_bar() -> indicatif::ProgressBar {
     indicatif::ProgressBar::new(0).with_style(
-        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} eta {eta} {msg}")
-            .expect("static template")
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} eta {eta} {msg}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
     )
 }
 
@@ -359,8 +361,14 @@ fn reproduce(a: ReproduceArgs) -> Result<()> {
     let bar = progress_bar();
     match a.study {
         Study::KnownDictionary => {
-            let out = a.out.unwrap_or_else(|| PathBuf::from("results/known-dictionary"));
-            let mut config = if a.quick { KnownDictionaryConfig::quick() } else { KnownDictionaryConfig::default() };
+            let out = a
+                .out
+                .unwrap_or_else(|| PathBuf::from("results/known-dictionary"));
+            let mut config = if a.quick {
+                KnownDictionaryConfig::quick()
+            } else {
+                KnownDictionaryConfig::default()
+            };
             if let Some(s) = a.seeds {
                 config.seeds = s;
             }
@@ -368,19 +376,31 @@ fn reproduce(a: ReproduceArgs) -> Result<()> {
             bar.finish_and_clear();
             report.write(&out)?;
             println!("{}", report.markdown());
-            println!("Wrote {}/results.json, table.md and mcc_vs_flops.svg", out.display());
+            println!(
+                "Wrote {}/results.json, table.md and mcc_vs_flops.svg",
+                out.display()
+            );
         }
         Study::AmortisationGap => {
-            let out = a.out.unwrap_or_else(|| PathBuf::from("results/amortisation-gap"));
+            let out = a
+                .out
+                .unwrap_or_else(|| PathBuf::from("results/amortisation-gap"));
             if a.seeds.is_some() {
                 bail!("--seeds does not apply to amortisation-gap (one seed per cell; see --help)");
             }
-            let config = if a.quick { GapGridConfig::quick() } else { GapGridConfig::default() };
+            let config = if a.quick {
+                GapGridConfig::quick()
+            } else {
+                GapGridConfig::default()
+            };
             let report = amortisation_gap::run(&config, &Bar(bar.clone()))?;
             bar.finish_and_clear();
             report.write(&out)?;
             println!("{}", report.markdown());
-            println!("Wrote {}/results.json, table.md and gap_k*.svg", out.display());
+            println!(
+                "Wrote {}/results.json, table.md and gap_k*.svg",
+                out.display()
+            );
         }
     }
     Ok(())

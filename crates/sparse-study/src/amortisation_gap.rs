@@ -94,12 +94,16 @@ pub struct GapGridReport {
 /// Runs every cell (in parallel; each cell is deterministic).
 pub fn run(config: &GapGridConfig, progress: &dyn Progress) -> anyhow::Result<GapGridReport> {
     let cells = config.cells();
-    anyhow::ensure!(!cells.is_empty(), "the grid is empty (every K exceeds every N)");
+    anyhow::ensure!(
+        !cells.is_empty(),
+        "the grid is empty (every K exceeds every N)"
+    );
     progress.start(cells.len());
     let reports: Vec<anyhow::Result<GapReport>> = cells
         .par_iter()
         .map(|c| {
-            let r = measure(c).with_context(|| format!("cell N={}, M={}, K={}", c.n_latents, c.dim, c.k));
+            let r = measure(c)
+                .with_context(|| format!("cell N={}, M={}, K={}", c.n_latents, c.dim, c.k));
             progress.finished(&format!("N={} K={}", c.n_latents, c.k));
             r
         })
@@ -118,7 +122,10 @@ fn log_err(v: f64) -> f64 {
 
 impl GapGridReport {
     fn encoder_names(&self) -> Vec<String> {
-        self.cells.first().map(|c| c.encoders.iter().map(|e| e.encoder.clone()).collect()).unwrap_or_default()
+        self.cells
+            .first()
+            .map(|c| c.encoders.iter().map(|e| e.encoder.clone()).collect())
+            .unwrap_or_default()
     }
 
     /// Markdown: one row per cell, held-out code MSE per encoder (exact-support rate in brackets).
@@ -158,7 +165,10 @@ impl GapGridReport {
     /// Writes `results.json`, `table.md` and one figure per K (`gap_k{K}.svg`): log10 code MSE vs N/M.
     pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        sparse_core::io::write_atomic(&dir.join("results.json"), &serde_json::to_vec_pretty(self)?)?;
+        sparse_core::io::write_atomic(
+            &dir.join("results.json"),
+            &serde_json::to_vec_pretty(self)?,
+        )?;
         sparse_core::io::write_atomic(&dir.join("table.md"), self.markdown().as_bytes())?;
         for &k in &self.config.ks {
             let cells: Vec<&GapReport> = self.cells.iter().filter(|c| c.config.k == k).collect();
@@ -170,14 +180,24 @@ impl GapGridReport {
                 .encoder_names()
                 .into_iter()
                 .map(|name| Series {
-                    points: cells.iter().filter_map(|c| c.get(&name).map(|e| (ratio(c), log_err(e.mse)))).collect(),
+                    points: cells
+                        .iter()
+                        .filter_map(|c| c.get(&name).map(|e| (ratio(c), log_err(e.mse))))
+                        .collect(),
                     label: name,
                 })
                 .collect();
             // Where coherence guarantees recovery: a marker line at the top of the plot.
-            let guaranteed: Vec<(f64, f64)> = cells.iter().filter(|c| c.coherence_guarantee).map(|c| (ratio(c), 0.5)).collect();
+            let guaranteed: Vec<(f64, f64)> = cells
+                .iter()
+                .filter(|c| c.coherence_guarantee)
+                .map(|c| (ratio(c), 0.5))
+                .collect();
             if guaranteed.len() >= 2 {
-                series.push(Series { label: "recovery guaranteed (μ < 1/(2K−1))".into(), points: guaranteed });
+                series.push(Series {
+                    label: "recovery guaranteed (μ < 1/(2K−1))".into(),
+                    points: guaranteed,
+                });
             }
             line_chart_svg(
                 &dir.join(format!("gap_k{k}.svg")),

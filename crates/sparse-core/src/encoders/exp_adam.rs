@@ -7,8 +7,9 @@
 //! both means over all elements (`n·dim` and `n·N`). `U` starts at `init_log`
 //! (−10), so every code starts at `e⁻¹⁰ ≈ 4.5e-5`.
 //!
-//! Its codes are **never exactly zero** (they only decay towards 0), so an L0
-//! count needs a threshold; proximal solvers such as
+//! Its codes are **never exactly zero** until they leave f32's normal range
+//! (below `e⁻⁸⁷ ≈ 1e-38`, where they are flushed to 0), so an L0 count needs a
+//! threshold; proximal solvers such as
 //! [`crate::encoders::fista::Fista`] give exact zeros.
 //!
 //! **λ scales.** Per sample, `L` is `(1/(n·M))·[‖x − zD‖² + λ·(M/N)·‖z‖₁]`, so
@@ -18,9 +19,12 @@
 
 use crate::encoders::{check_inputs, Encoder, Encoding, Monitor, SolverProgress};
 use crate::error::{Error, Result};
-use crate::linalg::{gemm_into, matmul_new, Op};
+use crate::linalg::{exp_f32, gemm_into, matmul_new, Op};
 use crate::matrix::Matrix;
-use crate::optim::{Adam, AdamConfig, ADAM_FLOPS_PER_PARAM};
+use crate::optim::{flush_subnormal, Adam, AdamConfig, ADAM_FLOPS_PER_PARAM};
+
+/// `ln(f32::MIN_POSITIVE)`: below it `exp` leaves the normal range.
+const SUBNORMAL_EXPONENT: f32 = -87.336;
 
 /// Settings of the exp-parametrised Adam solver; the defaults are the paper's.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -192,7 +196,7 @@ impl ExpAdam {
         let (mut u, mut z) = match init {
             Some(z0) => {
                 let u: Vec<f32> = z0.as_slice().iter().map(|&v| v.max(floor).ln()).collect();
-                let z = Matrix::from_vec(n, nl, u.iter().map(|v| v.exp()).collect())?;
+                let z = Matrix::from_vec(n, nl, u.iter().map(|&v| exp_f32(v)).collect())?;
                 (u, z)
             }
             None => (
@@ -233,12 +237,18 @@ impl ExpAdam {
             );
             // Chain rule through Z = exp(U): dL/dU = dL/dZ ⊙ Z.
             for (g, &zv) in grad.as_mut_slice().iter_mut().zip(z.as_slice()) {
-                *g = (*g + l1_grad) * zv;
+                *g = flush_subnormal((*g + l1_grad) * zv);
             }
             adam.step(&mut u, grad.as_slice());
             let mut finite = true;
             for (zv, &uv) in z.as_mut_slice().iter_mut().zip(&u) {
-                *zv = uv.exp();
+                // exp(u) for u < −87 is subnormal: flushed to 0, since subnormal
+                // operands slow every later product and are 0 at f32 precision.
+                *zv = if uv < SUBNORMAL_EXPONENT {
+                    0.0
+                } else {
+                    exp_f32(uv)
+                };
                 finite &= zv.is_finite();
             }
             flops += per_iter;
