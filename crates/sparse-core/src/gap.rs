@@ -319,8 +319,8 @@ fn least_squares_affine(x: &Matrix, z: &Matrix) -> Result<(Matrix, Vec<f32>)> {
             what: "least-squares encoder".into(),
             reason: "normal equations are singular".into(),
         })?;
-        for j in 0..m {
-            w.set(j, c, sol[j] as f32);
+        for (j, &v) in sol[..m].iter().enumerate() {
+            w.set(j, c, v as f32);
         }
         b[c] = sol[m] as f32;
     }

@@ -174,6 +174,9 @@ struct ReproduceArgs {
     /// A reduced configuration that runs in seconds (smoke test).
     #[arg(long)]
     quick: bool,
+    /// A TOML file overriding fields of the study's configuration (see results.json's "config" for the names).
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 fn main() {
@@ -184,7 +187,13 @@ fn main() {
         .init();
     if let Err(e) = run(cli) {
         // One line: the chain of causes, outermost first.
-        eprintln!("error: {e:#}");
+        let message = format!("{e:#}");
+        let one_line: Vec<&str> = message
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        eprintln!("error: {}", one_line.join(" "));
         std::process::exit(1);
     }
 }
@@ -364,10 +373,16 @@ fn reproduce(a: ReproduceArgs) -> Result<()> {
             let out = a
                 .out
                 .unwrap_or_else(|| PathBuf::from("results/known-dictionary"));
-            let mut config = if a.quick {
-                KnownDictionaryConfig::quick()
-            } else {
-                KnownDictionaryConfig::default()
+            let mut config = match &a.config {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    toml::from_str(&text).with_context(|| {
+                        format!("{}: invalid study configuration", path.display())
+                    })?
+                }
+                None if a.quick => KnownDictionaryConfig::quick(),
+                None => KnownDictionaryConfig::default(),
             };
             if let Some(s) = a.seeds {
                 config.seeds = s;
@@ -385,8 +400,8 @@ fn reproduce(a: ReproduceArgs) -> Result<()> {
             let out = a
                 .out
                 .unwrap_or_else(|| PathBuf::from("results/amortisation-gap"));
-            if a.seeds.is_some() {
-                bail!("--seeds does not apply to amortisation-gap (one seed per cell; see --help)");
+            if a.seeds.is_some() || a.config.is_some() {
+                bail!("--seeds and --config do not apply to amortisation-gap (see --help)");
             }
             let config = if a.quick {
                 GapGridConfig::quick()
