@@ -11,6 +11,7 @@
 
 pub mod assignment;
 pub mod data;
+pub mod dictionary;
 pub mod encoders;
 pub mod error;
 pub mod flops;

@@ -1,0 +1,23 @@
+//! Dictionary learning: learning `D (n_latents × dim)` itself, with atoms
+//! (rows) kept at unit norm exactly, so that `X ≈ Z·D` is identifiable up to
+//! permutation and the L1 penalty cannot be dodged by rescaling.
+//!
+//! - [`unit_norm`]: the constraint: atom renormalisation, tangent-space
+//!   gradient projection, and [`UnitNormAdam`] (project, step, renormalise);
+//! - [`autoencoder`]: SAE and MLP-encoder autoencoders whose decoder is
+//!   learned jointly by Adam (the paper's unknown-D amortised models);
+//! - [`sparse_coding`]: alternating minimisation, FISTA codes then a MOD or
+//!   projected-Adam dictionary update, with dead-atom resampling.
+//!
+//! Evaluate a learned dictionary with [`crate::metrics::dictionary_mcc`] and
+//! [`crate::metrics::dictionary_cosine`] against the true one.
+
+pub mod autoencoder;
+pub mod sparse_coding;
+pub mod unit_norm;
+
+pub use autoencoder::{Autoencoder, AutoencoderConfig, AutoencoderGradients, EncoderKind};
+pub use sparse_coding::{DictionaryUpdate, SparseCoding, SparseCodingConfig};
+pub use unit_norm::{
+    max_atom_norm_error, normalize_atoms, project_gradient_to_tangent, UnitNormAdam,
+};
