@@ -11,6 +11,7 @@ use sparse_core::io::{read_npy, write_npy, NpyDtype};
 use sparse_core::metrics;
 use sparse_study::amortisation_gap::{self, GapGridConfig};
 use sparse_study::known_dictionary::{self, KnownDictionaryConfig};
+use sparse_study::learned_dictionary::{self, LearnedDictionaryConfig};
 use std::path::{Path, PathBuf};
 
 /// Sparse inference and dictionary learning: synthetic data, encoders, metrics and studies.
@@ -158,6 +159,8 @@ enum Study {
     KnownDictionary,
     /// The amortisation gap over a grid of N/M and K (docs/theory.md).
     AmortisationGap,
+    /// Every method learns its own dictionary (paper §7, "Unknown D").
+    LearnedDictionary,
 }
 
 #[derive(clap::Args, Debug)]
@@ -374,13 +377,7 @@ fn reproduce(a: ReproduceArgs) -> Result<()> {
                 .out
                 .unwrap_or_else(|| PathBuf::from("results/known-dictionary"));
             let mut config = match &a.config {
-                Some(path) => {
-                    let text = std::fs::read_to_string(path)
-                        .with_context(|| format!("reading {}", path.display()))?;
-                    toml::from_str(&text).with_context(|| {
-                        format!("{}: invalid study configuration", path.display())
-                    })?
-                }
+                Some(path) => study_config(path)?,
                 None if a.quick => KnownDictionaryConfig::quick(),
                 None => KnownDictionaryConfig::default(),
             };
@@ -393,6 +390,27 @@ fn reproduce(a: ReproduceArgs) -> Result<()> {
             println!("{}", report.markdown());
             println!(
                 "Wrote {}/results.json, table.md and mcc_vs_flops.svg",
+                out.display()
+            );
+        }
+        Study::LearnedDictionary => {
+            let out = a
+                .out
+                .unwrap_or_else(|| PathBuf::from("results/learned-dictionary"));
+            let mut config: LearnedDictionaryConfig = match &a.config {
+                Some(path) => study_config(path)?,
+                None if a.quick => LearnedDictionaryConfig::quick(),
+                None => LearnedDictionaryConfig::default(),
+            };
+            if let Some(s) = a.seeds {
+                config.seeds = s;
+            }
+            let report = learned_dictionary::run(&config, &Bar(bar.clone()))?;
+            bar.finish_and_clear();
+            report.write(&out)?;
+            println!("{}", report.markdown());
+            println!(
+                "Wrote {}/results.json, table.md and val_mcc_vs_train_flops.svg",
                 out.display()
             );
         }
@@ -421,6 +439,14 @@ fn reproduce(a: ReproduceArgs) -> Result<()> {
     Ok(())
 }
 
+/// Reads a study configuration from TOML (missing fields keep their defaults).
+fn study_config<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text)
+        .with_context(|| format!("{}: invalid study configuration", path.display()))
+}
+
 fn gap(a: GapArgs) -> Result<()> {
     let config = sparse_core::gap::GapConfig {
         mlp_widths: a.widths,
@@ -430,6 +456,6 @@ fn gap(a: GapArgs) -> Result<()> {
         ..sparse_core::gap::GapConfig::new(a.latents, a.dim, a.k, a.seed)
     };
     let report = sparse_core::gap::measure(&config)?;
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }

@@ -422,3 +422,62 @@ fn study_config_file_overrides_fields_and_rejects_unknown_ones() {
         &["c.toml", "unknown field `bogus`"],
     );
 }
+
+#[test]
+fn gap_reports_each_encoder_and_the_grid_writes_its_files() {
+    let r = ok_json(&[
+        "gap",
+        "--latents",
+        "12",
+        "--dim",
+        "8",
+        "--k",
+        "2",
+        "--widths",
+        "16",
+        "--steps",
+        "200",
+        "--train-samples",
+        "512",
+        "--test-samples",
+        "128",
+    ]);
+    let names: Vec<&str> = r["encoders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["encoder"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["linear-relu", "mlp-16", "omp", "fista", "fista+refit"]
+    );
+    assert!(r["mutual_coherence"].as_f64().unwrap() > 0.0);
+    fails_with(
+        &["gap", "--latents", "4", "--dim", "8", "--k", "5"],
+        &["k = 5"],
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("g");
+    let run = bin()
+        .args([
+            "reproduce",
+            "amortisation-gap",
+            "--quick",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let table = std::fs::read_to_string(out.join("table.md")).unwrap();
+    assert!(table.contains("| 2 | 16 | 2 |"), "{table}");
+    assert!(std::fs::read_to_string(out.join("gap_k2.svg"))
+        .unwrap()
+        .contains("linear-relu"));
+}

@@ -36,8 +36,13 @@ pub fn log_grid(lo: f64, hi: f64, n: usize) -> Vec<f64> {
         "log_grid needs 0 < lo <= hi and n >= 2"
     );
     let (a, b) = (lo.ln(), hi.ln());
+    // The ends are exact so that the last grid value reaches every curve's last point.
     (0..n)
-        .map(|i| (a + (b - a) * i as f64 / (n - 1) as f64).exp())
+        .map(|i| match i {
+            0 => lo,
+            i if i == n - 1 => hi,
+            i => (a + (b - a) * i as f64 / (n - 1) as f64).exp(),
+        })
         .collect()
 }
 

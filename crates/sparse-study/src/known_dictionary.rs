@@ -16,7 +16,7 @@
 
 use crate::curve::{flops_to_reach, mean_curve, CurvePoint};
 use crate::figure::{line_chart_svg, FigureSpec, Series};
-use crate::{mean_std, Progress};
+use crate::{f64_of, mean_std, Progress};
 use anyhow::Context;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -480,11 +480,6 @@ fn run_seed(
 
 fn lambda_hyper(name: &str, value: f32) -> BTreeMap<String, f64> {
     BTreeMap::from([(name.to_string(), f64_of(value))])
-}
-
-/// The f64 with the same shortest decimal form as `v` (0.01f32 → 0.01, not 0.009999999776…).
-fn f64_of(v: f32) -> f64 {
-    v.to_string().parse().unwrap_or(v as f64)
 }
 
 /// Anything that can trace its iterations through a monitor.

@@ -9,6 +9,7 @@ pub mod amortisation_gap;
 pub mod curve;
 pub mod figure;
 pub mod known_dictionary;
+pub mod learned_dictionary;
 
 /// Receives progress from a running study: `(finished jobs, total jobs, what just finished)`.
 pub trait Progress: Sync {
@@ -24,6 +25,12 @@ pub struct NoProgress;
 impl Progress for NoProgress {
     fn start(&self, _total: usize) {}
     fn finished(&self, _label: &str) {}
+}
+
+/// The f64 with the same shortest decimal form as `v` (0.01f32 → 0.01, not 0.009999999776…),
+/// so that recorded hyperparameters read as they were given.
+pub fn f64_of(v: f32) -> f64 {
+    v.to_string().parse().unwrap_or(v as f64)
 }
 
 /// Mean and sample standard deviation (0 for fewer than two values).
