@@ -9,6 +9,8 @@
 //! `(n_samples × n_latents)`, a dictionary `D` is `(n_latents × dim)` with
 //! atoms as rows, so that `X ≈ Z · D`.
 
+#![warn(missing_docs)]
+
 pub mod assignment;
 pub mod data;
 pub mod dictionary;

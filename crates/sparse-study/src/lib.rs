@@ -5,6 +5,8 @@
 //! configuration) and renders a Markdown table, a JSON file and SVG figures.
 //! No printing: progress goes through a [`Progress`] callback.
 
+#![warn(missing_docs)]
+
 pub mod amortisation_gap;
 pub mod curve;
 pub mod figure;
