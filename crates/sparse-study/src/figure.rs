@@ -3,7 +3,7 @@
 use plotters::prelude::*;
 use std::path::Path;
 
-/// One named line of a figure.
+/// One named line of a figure (a marker when it has a single point).
 pub struct Series {
     /// Legend label.
     pub label: String,
@@ -63,15 +63,20 @@ pub fn line_chart_svg(path: &Path, spec: &FigureSpec<'_>, series: &[Series]) -> 
                     .draw()?;
                 for (i, s) in series.iter().enumerate() {
                     let color = Palette99::pick(i).to_rgba();
-                    chart
-                        .draw_series(LineSeries::new(
+                    // A method with one point (a single-pass encoder) is drawn as a marker.
+                    let drawn = if s.points.len() == 1 {
+                        chart.draw_series(
+                            s.points.iter().map(|&p| Circle::new(p, 6, color.filled())),
+                        )?
+                    } else {
+                        chart.draw_series(LineSeries::new(
                             s.points.iter().copied(),
                             color.stroke_width(2),
                         ))?
-                        .label(s.label.clone())
-                        .legend(move |(x, y)| {
-                            PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-                        });
+                    };
+                    drawn.label(s.label.clone()).legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                    });
                 }
                 chart
                     .configure_series_labels()

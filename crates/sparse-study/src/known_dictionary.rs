@@ -884,13 +884,17 @@ impl KnownDictionaryReport {
                     .filter(|x| x.method == r.method)
                     .map(|x| x.curve_test.as_slice())
                     .collect();
-                let mut points = mean_curve(&curves, 80);
-                if points.len() < 2 {
-                    // Single-pass methods: one point, drawn as a short flat segment.
-                    if let Some(&(f, m)) = points.first() {
-                        points = vec![(f, m), (f * 1.3, m)];
+                let points = match curves.as_slice() {
+                    // Single-pass methods: the mean point.
+                    [first, ..] if first.len() == 1 => {
+                        let n = curves.len() as f64;
+                        vec![(
+                            curves.iter().map(|c| c[0].flops).sum::<f64>() / n,
+                            curves.iter().map(|c| c[0].mcc).sum::<f64>() / n,
+                        )]
                     }
-                }
+                    _ => mean_curve(&curves, 80),
+                };
                 Series {
                     label: r.method.clone(),
                     points,
