@@ -418,13 +418,13 @@ fn reproduce(a: ReproduceArgs) -> Result<()> {
             let out = a
                 .out
                 .unwrap_or_else(|| PathBuf::from("results/amortisation-gap"));
-            if a.seeds.is_some() || a.config.is_some() {
-                bail!("--seeds and --config do not apply to amortisation-gap (see --help)");
+            if a.seeds.is_some() {
+                bail!("--seeds does not apply to amortisation-gap (one seed per cell; set `seed` with --config)");
             }
-            let config = if a.quick {
-                GapGridConfig::quick()
-            } else {
-                GapGridConfig::default()
+            let config: GapGridConfig = match &a.config {
+                Some(path) => study_config(path)?,
+                None if a.quick => GapGridConfig::quick(),
+                None => GapGridConfig::default(),
             };
             let report = amortisation_gap::run(&config, &Bar(bar.clone()))?;
             bar.finish_and_clear();

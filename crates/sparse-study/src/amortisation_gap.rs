@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 use sparse_core::gap::{measure, GapConfig, GapReport};
 use std::path::Path;
 
-/// The grid and the effort per cell.
+/// The grid and the effort per cell. Deserialises from partial TOML.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct GapGridConfig {
     /// Observed dimension M, fixed across the grid.
     pub dim: usize,
