@@ -216,14 +216,14 @@ pub struct TopKGradients {
 /// Sparse codes in compressed-row form: the entries of sample `i` are
 /// `start[i]..start[i + 1]`, latents ascending.
 #[derive(Clone, Debug, Default)]
-struct SparseCodes {
-    start: Vec<usize>,
-    latent: Vec<usize>,
-    value: Vec<f32>,
+pub(super) struct SparseCodes {
+    pub(super) start: Vec<usize>,
+    pub(super) latent: Vec<usize>,
+    pub(super) value: Vec<f32>,
 }
 
 impl SparseCodes {
-    fn clear(&mut self) {
+    pub(super) fn clear(&mut self) {
         self.start.clear();
         self.start.push(0);
         self.latent.clear();
@@ -231,24 +231,24 @@ impl SparseCodes {
     }
 
     /// Closes the current sample.
-    fn end_row(&mut self) {
+    pub(super) fn end_row(&mut self) {
         self.start.push(self.latent.len());
     }
 
-    fn push(&mut self, latent: usize, value: f32) {
+    pub(super) fn push(&mut self, latent: usize, value: f32) {
         self.latent.push(latent);
         self.value.push(value);
     }
 
-    fn rows(&self) -> usize {
+    pub(super) fn rows(&self) -> usize {
         self.start.len() - 1
     }
 
-    fn row(&self, i: usize) -> Range<usize> {
+    pub(super) fn row(&self, i: usize) -> Range<usize> {
         self.start[i]..self.start[i + 1]
     }
 
-    fn to_dense(&self, n_latents: usize) -> Matrix {
+    pub(super) fn to_dense(&self, n_latents: usize) -> Matrix {
         let mut z = Matrix::zeros(self.rows(), n_latents);
         for i in 0..self.rows() {
             for e in self.row(i) {
@@ -316,12 +316,17 @@ fn select_batch(pre: &Matrix, k: usize, codes: &mut SparseCodes, cand: &mut Vec<
     }
 }
 
-/// JumpReLU inference of BatchTopK: entries of `pre` with `pre > θ` and `pre > 0`.
-fn select_above(pre: &Matrix, threshold: f32, codes: &mut SparseCodes) {
+/// JumpReLU selection: entries of `pre` with `pre > θ_j` and `pre > 0`
+/// (`threshold(j)` = θ_j; BatchTopK inference uses one θ for all latents).
+pub(super) fn select_above(
+    pre: &Matrix,
+    threshold: impl Fn(usize) -> f32,
+    codes: &mut SparseCodes,
+) {
     codes.clear();
     for i in 0..pre.rows() {
         for (j, &v) in pre.row(i).iter().enumerate() {
-            if v > threshold && v > 0.0 {
+            if v > threshold(j) && v > 0.0 {
                 codes.push(j, v);
             }
         }
@@ -352,7 +357,7 @@ fn select_dead(
 
 /// `out_i += Σ_e value_e · D_{latent_e}` over the entries of each sample:
 /// a sparse × dense product, `2·M` FLOPs per entry.
-fn add_sparse_times_dense(codes: &SparseCodes, d: &Matrix, out: &mut Matrix) {
+pub(super) fn add_sparse_times_dense(codes: &SparseCodes, d: &Matrix, out: &mut Matrix) {
     for i in 0..codes.rows() {
         let row = out.row_mut(i);
         for e in codes.row(i) {
@@ -364,30 +369,40 @@ fn add_sparse_times_dense(codes: &SparseCodes, d: &Matrix, out: &mut Matrix) {
     }
 }
 
+/// `grads_e = ⟨g_i, D_j⟩` for each entry `e = (i, j)`: `∂L/∂value` of a
+/// sparse decode with output gradient `g (n × M)`. `2·M` FLOPs per entry.
+pub(super) fn code_gradients(codes: &SparseCodes, d: &Matrix, g: &Matrix, grads: &mut Vec<f32>) {
+    grads.clear();
+    for i in 0..codes.rows() {
+        let gi = g.row(i);
+        for e in codes.row(i) {
+            let dot: f64 = gi
+                .iter()
+                .zip(d.row(codes.latent[e]))
+                .map(|(&a, &b)| a as f64 * b as f64)
+                .sum();
+            grads.push(dot as f32);
+        }
+    }
+}
+
 /// Backward of [`add_sparse_times_dense`] for output gradient `g (n × M)`:
-/// `grads_e = ⟨g_i, D_j⟩` (∂/∂value, written) and `d_dict_j += value_e·g_i`
+/// [`code_gradients`] (written), then `d_dict_j += value_e·g_i`
 /// (accumulated). `4·M` FLOPs per entry.
-fn sparse_decode_backward(
+pub(super) fn sparse_decode_backward(
     codes: &SparseCodes,
     d: &Matrix,
     g: &Matrix,
     grads: &mut Vec<f32>,
     d_dict: &mut Matrix,
 ) {
-    grads.clear();
+    code_gradients(codes, d, g, grads);
     for i in 0..codes.rows() {
         let gi = g.row(i);
         for e in codes.row(i) {
-            let j = codes.latent[e];
-            let dot: f64 = gi
-                .iter()
-                .zip(d.row(j))
-                .map(|(&a, &b)| a as f64 * b as f64)
-                .sum();
-            grads.push(dot as f32);
             let v = codes.value[e];
             d_dict
-                .row_mut(j)
+                .row_mut(codes.latent[e])
                 .iter_mut()
                 .zip(gi)
                 .for_each(|(o, &a)| *o += v * a);
@@ -397,7 +412,7 @@ fn sparse_decode_backward(
 
 /// Straight-through backward to the encoder for sparse `∂L/∂pre` entries:
 /// `dW[:, j] += input_iᵀ·δ_e`, `db_j += δ_e`. `2·M + 1` FLOPs per entry.
-fn sparse_encoder_backward(
+pub(super) fn sparse_encoder_backward(
     codes: &SparseCodes,
     deltas: &[f32],
     input: &Matrix,
@@ -415,6 +430,77 @@ fn sparse_encoder_backward(
             grads.db[j] += delta;
         }
     }
+}
+
+/// The SAELens encoder input and pre-activations, written into buffers of
+/// the batch's size: `centred = X − b_dec`, `pre = centred·W_enc + b_enc`.
+/// FLOPs per sample: `M + 2MN + N`.
+pub(super) fn pre_activations(
+    x: &Matrix,
+    b_dec: &[f32],
+    encoder: &LinearReluLayer,
+    centred: &mut Matrix,
+    pre: &mut Matrix,
+) {
+    for i in 0..x.rows() {
+        let row = centred.row_mut(i);
+        for ((c, &xv), &b) in row.iter_mut().zip(x.row(i)).zip(b_dec) {
+            *c = xv - b;
+        }
+    }
+    gemm_into(
+        pre.view_mut(),
+        false,
+        centred.view(),
+        Op::N,
+        encoder.w.view(),
+        Op::N,
+        1.0,
+    );
+    for i in 0..x.rows() {
+        pre.row_mut(i)
+            .iter_mut()
+            .zip(&encoder.b)
+            .for_each(|(v, &b)| *v += b);
+    }
+}
+
+/// `∂L/∂b_dec = Σ_rows ∂L/∂X̂ − W_enc·∂L/∂b_enc`: `b_dec` enters the decoder
+/// and, subtracted, the encoder input. FLOPs: `n·M` (column sums) `+ 2MN + M`.
+pub(super) fn decoder_bias_gradient(
+    output_grad: &Matrix,
+    encoder: &LinearReluLayer,
+    d_b_enc: &[f32],
+    out: &mut [f32],
+) {
+    for (mm, s) in out.iter_mut().enumerate() {
+        let through_encoder: f64 = encoder
+            .w
+            .row(mm)
+            .iter()
+            .zip(d_b_enc)
+            .map(|(&w, &g)| w as f64 * g as f64)
+            .sum();
+        let direct: f64 = output_grad.rows_iter().map(|r| r[mm] as f64).sum();
+        *s = (direct - through_encoder) as f32;
+    }
+}
+
+/// Initial `(encoder, dictionary)`: the learned-D [`Autoencoder`] SAE's
+/// `W_enc` and `D` for this seed, `b_enc = 0`.
+pub(super) fn initial_parameters(
+    n_latents: usize,
+    dim: usize,
+    adam: AdamConfig,
+    seed: u64,
+) -> Result<(LinearReluLayer, Matrix)> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut encoder = LinearReluLayer::init(&mut rng, dim, n_latents, true, adam);
+    encoder.b.iter_mut().for_each(|b| *b = 0.0);
+    let dictionary = Autoencoder::new(AutoencoderConfig::paper_sae(n_latents, dim, seed))?
+        .dictionary()
+        .clone();
+    Ok((encoder, dictionary))
 }
 
 /// A TopK or BatchTopK SAE with a learned unit-norm dictionary and AuxK.
@@ -513,12 +599,7 @@ impl TopKSae {
     pub fn new(config: TopKConfig) -> Result<Self> {
         config.validate()?;
         let (nl, m) = (config.n_latents, config.dim);
-        let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
-        let mut encoder = LinearReluLayer::init(&mut rng, m, nl, true, config.adam);
-        encoder.b.iter_mut().for_each(|b| *b = 0.0);
-        let dictionary = Autoencoder::new(AutoencoderConfig::paper_sae(nl, m, config.seed))?
-            .dictionary()
-            .clone();
+        let (encoder, dictionary) = initial_parameters(nl, m, config.adam, config.seed)?;
         Ok(TopKSae {
             dict_opt: UnitNormAdam::new(nl, m, config.adam, config.project_decoder_gradient),
             b_dec_adam: Adam::new(m, config.adam),
@@ -587,7 +668,7 @@ impl TopKSae {
             TopKSelection::PerSample => {
                 select_per_sample(&work.pre, self.config.k, &mut work.codes, &mut work.cand)
             }
-            TopKSelection::Batch => select_above(&work.pre, self.threshold, &mut work.codes),
+            TopKSelection::Batch => select_above(&work.pre, |_| self.threshold, &mut work.codes),
         }
         Ok(work.codes.to_dense(self.config.n_latents))
     }
@@ -677,27 +758,13 @@ impl TopKSae {
     /// `centred = X − b_dec`, `pre = centred·W_enc + b_enc`.
     fn pre_activations(&self, x: &Matrix, work: &mut Work) {
         work.ensure_batch(x.rows());
-        for i in 0..x.rows() {
-            let row = work.centred.row_mut(i);
-            for ((c, &xv), &b) in row.iter_mut().zip(x.row(i)).zip(&self.b_dec) {
-                *c = xv - b;
-            }
-        }
-        gemm_into(
-            work.pre.view_mut(),
-            false,
-            work.centred.view(),
-            Op::N,
-            self.encoder.w.view(),
-            Op::N,
-            1.0,
+        pre_activations(
+            x,
+            &self.b_dec,
+            &self.encoder,
+            &mut work.centred,
+            &mut work.pre,
         );
-        for i in 0..x.rows() {
-            let row = work.pre.row_mut(i);
-            row.iter_mut()
-                .zip(&self.encoder.b)
-                .for_each(|(v, &b)| *v += b);
-        }
     }
 
     /// The training selection of `work.pre` into `work.codes`.
@@ -797,17 +864,12 @@ impl TopKSae {
             );
             sparse_encoder_backward(&work.aux, &work.aux_grads, &work.centred, &mut work.grads);
         }
-        // ∂L/∂b_dec = Σ_rows ∂L/∂X̂ − W_enc·∂L/∂b_enc (b_dec is subtracted from the input).
-        for (mm, s) in work.d_b_dec.iter_mut().enumerate() {
-            let w_row = self.encoder.w.row(mm);
-            let through_encoder: f64 = w_row
-                .iter()
-                .zip(&work.grads.db)
-                .map(|(&w, &g)| w as f64 * g as f64)
-                .sum();
-            let direct: f64 = work.residual.rows_iter().map(|r| r[mm] as f64).sum();
-            *s = (direct - through_encoder) as f32;
-        }
+        decoder_bias_gradient(
+            &work.residual,
+            &self.encoder,
+            &work.grads.db,
+            &mut work.d_b_dec,
+        );
         loss
     }
 
