@@ -25,6 +25,15 @@ pub struct FigureSpec<'a> {
     pub y_range: (f64, f64),
 }
 
+/// Tick label: plain numbers for ratios and counts, scientific for FLOP-sized values.
+fn axis_label(v: &f64) -> String {
+    if (1e-2..1e4).contains(&v.abs()) {
+        format!("{}", (v * 100.0).round() / 100.0)
+    } else {
+        format!("{v:.0e}")
+    }
+}
+
 /// Writes an SVG line chart of `series` to `path` (written to a temporary and renamed).
 pub fn line_chart_svg(path: &Path, spec: &FigureSpec<'_>, series: &[Series]) -> anyhow::Result<()> {
     let mut svg = String::new();
@@ -59,7 +68,7 @@ pub fn line_chart_svg(path: &Path, spec: &FigureSpec<'_>, series: &[Series]) -> 
                     .configure_mesh()
                     .x_desc(spec.x_label)
                     .y_desc(spec.y_label)
-                    .x_label_formatter(&|v| format!("{v:.0e}"))
+                    .x_label_formatter(&axis_label)
                     .draw()?;
                 for (i, s) in series.iter().enumerate() {
                     let color = Palette99::pick(i).to_rgba();
