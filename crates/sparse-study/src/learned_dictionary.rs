@@ -17,7 +17,9 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sparse_core::data::{SyntheticConfig, SyntheticData};
 use sparse_core::dictionary::autoencoder::{Autoencoder, AutoencoderConfig};
+use sparse_core::dictionary::jumprelu::{JumpReluConfig, JumpReluSae};
 use sparse_core::dictionary::sparse_coding::{DictionaryUpdate, SparseCoding, SparseCodingConfig};
+use sparse_core::dictionary::topk::{TopKConfig, TopKSae};
 use sparse_core::encoders::fista::{Fista, FistaConfig};
 use sparse_core::metrics::{code_mcc, dictionary_cosine, dictionary_mcc, reconstruction_report};
 use sparse_core::optim::AdamConfig;
@@ -53,6 +55,10 @@ pub struct LearnedDictionaryConfig {
     pub lr: f32,
     /// MLP encoder widths.
     pub mlp_widths: Vec<usize>,
+    /// k of the TopK and BatchTopK SAEs (the true K by default).
+    pub topk_k: usize,
+    /// L0 penalty weight of the JumpReLU SAE (threshold and bandwidth start at 0.05).
+    pub jumprelu_l0_coefficient: f32,
     /// Alternating steps of sparse coding.
     pub sparse_coding_steps: usize,
     /// FISTA iterations per sparse-coding step.
@@ -78,6 +84,8 @@ impl Default for LearnedDictionaryConfig {
             lambda: 0.01,
             lr: 1e-3,
             mlp_widths: vec![32],
+            topk_k: 3,
+            jumprelu_l0_coefficient: 0.01,
             sparse_coding_steps: 200,
             sparse_coding_fista_iters: 50,
             sparse_coding_lambdas: vec![0.01, 0.03, 0.1],
@@ -204,7 +212,8 @@ pub fn run(
 ) -> anyhow::Result<LearnedDictionaryReport> {
     config.validate()?;
     let started = Instant::now();
-    let methods = 2 + config.mlp_widths.len() + 2;
+    // sae, the MLPs, topk, batchtopk, jumprelu, sae+fista, sc-mod, sc-adam.
+    let methods = 1 + config.mlp_widths.len() + 3 + 1 + 2;
     progress.start(config.seeds * methods);
     let per_seed: Vec<anyhow::Result<Vec<LearnedRun>>> = (0..config.seeds)
         .into_par_iter()
@@ -269,6 +278,76 @@ fn blank(method: &str, seed: u64) -> LearnedRun {
     }
 }
 
+/// A model that learns its own dictionary, as the study drives it.
+trait Learner: Clone {
+    fn step(&mut self, x: &Matrix) -> sparse_core::Result<f32>;
+    fn codes(&self, x: &Matrix) -> sparse_core::Result<Matrix>;
+    fn codes_flops(&self, n: usize) -> f64;
+    fn step_flops(&self, n: usize) -> f64;
+    fn atoms(&self) -> &Matrix;
+}
+
+macro_rules! learner {
+    ($($t:ty),*) => {$(
+        impl Learner for $t {
+            fn step(&mut self, x: &Matrix) -> sparse_core::Result<f32> { self.train_step(x) }
+            fn codes(&self, x: &Matrix) -> sparse_core::Result<Matrix> { self.encode(x) }
+            fn codes_flops(&self, n: usize) -> f64 { self.encode_flops(n) }
+            fn step_flops(&self, n: usize) -> f64 { self.train_step_flops(n) }
+            fn atoms(&self) -> &Matrix { self.dictionary() }
+        }
+    )*};
+}
+learner!(Autoencoder, TopKSae, JumpReluSae);
+
+/// Trains `model` full batch, evaluating on validation at log-spaced steps;
+/// returns the run (test numbers of the best validation step) and that model.
+fn train_learner<L: Learner>(
+    config: &LearnedDictionaryConfig,
+    (data, seed): (&SyntheticData, u64),
+    name: &str,
+    mut model: L,
+    progress: &dyn Progress,
+) -> anyhow::Result<(LearnedRun, L)> {
+    let started = Instant::now();
+    let mut run = blank(name, seed);
+    let checkpoints = eval_steps(config.autoencoder_steps, config.eval_points);
+    let (mut flops, mut next) = (0.0, 0);
+    let mut best: Option<(f64, usize, f64, L)> = None;
+    for step in 1..=config.autoencoder_steps {
+        flops += model.step_flops(config.n_train);
+        let loss = model.step(&data.train.x)?;
+        anyhow::ensure!(
+            loss.is_finite(),
+            "{name} (seed {seed}): loss became {loss} at step {step}"
+        );
+        if checkpoints.get(next) == Some(&step) {
+            next += 1;
+            let val = evaluate(&data.val, &|x| {
+                Ok((model.codes(x)?, model.codes_flops(x.rows())))
+            })?;
+            run.curve_val.push(CurvePoint {
+                step,
+                flops: flops + val.inference_flops,
+                mcc: val.code_mcc,
+            });
+            if best.as_ref().is_none_or(|b| val.code_mcc > b.0) {
+                best = Some((val.code_mcc, step, flops, model.clone()));
+            }
+        }
+    }
+    let (_, step, train_flops, chosen) = best.context("no evaluation step")?;
+    run.selected_step = step;
+    run.train_flops = train_flops;
+    let test = evaluate(&data.test, &|x| {
+        Ok((chosen.codes(x)?, chosen.codes_flops(x.rows())))
+    })?;
+    finish(&mut run, data, chosen.atoms(), &test)?;
+    run.wall_seconds = started.elapsed().as_secs_f64();
+    progress.finished(&format!("{name} (seed {seed})"));
+    Ok((run, chosen))
+}
+
 fn run_seed(
     config: &LearnedDictionaryConfig,
     index: usize,
@@ -284,70 +363,78 @@ fn run_seed(
     let mut runs = Vec::new();
     let adam = AdamConfig::with_lr(config.lr);
 
-    // Autoencoders: keep the model at the best validation step (a clone), then ITO on the SAE's decoder.
-    let mut encoders = vec![(
-        "sae".to_string(),
-        AutoencoderConfig {
+    // Autoencoders: train, keep the model at the best validation step.
+    let sae_config = AutoencoderConfig {
+        lambda: config.lambda,
+        adam,
+        ..AutoencoderConfig::paper_sae(config.n_latents, config.dim, model_seed)
+    };
+    let (sae_run, sae) = train_learner(
+        config,
+        (&data, seed),
+        "sae",
+        Autoencoder::new(sae_config)?,
+        progress,
+    )?;
+    runs.push(sae_run);
+    for &h in &config.mlp_widths {
+        let mlp_config = AutoencoderConfig {
             lambda: config.lambda,
             adam,
-            ..AutoencoderConfig::paper_sae(config.n_latents, config.dim, model_seed)
-        },
-    )];
-    for &h in &config.mlp_widths {
-        encoders.push((
-            format!("mlp-{h}"),
-            AutoencoderConfig {
-                lambda: config.lambda,
-                adam,
-                ..AutoencoderConfig::paper_mlp(config.n_latents, config.dim, h, model_seed)
-            },
-        ));
+            ..AutoencoderConfig::paper_mlp(config.n_latents, config.dim, h, model_seed)
+        };
+        runs.push(
+            train_learner(
+                config,
+                (&data, seed),
+                &format!("mlp-{h}"),
+                Autoencoder::new(mlp_config)?,
+                progress,
+            )?
+            .0,
+        );
     }
-    let mut best_sae: Option<(Autoencoder, f64)> = None;
-    for (name, ae_config) in encoders {
-        let started = Instant::now();
-        let mut model = Autoencoder::new(ae_config)?;
-        let mut run = blank(&name, seed);
-        let step_flops = model.train_step_flops(config.n_train);
-        let checkpoints = eval_steps(config.autoencoder_steps, config.eval_points);
-        let mut best: Option<(f64, usize, Autoencoder)> = None;
-        let mut next = 0;
-        for step in 1..=config.autoencoder_steps {
-            let loss = model.train_step(&data.train.x)?;
-            anyhow::ensure!(
-                loss.is_finite(),
-                "{name} (seed {seed}): loss became {loss} at step {step}"
-            );
-            if checkpoints.get(next) == Some(&step) {
-                next += 1;
-                let enc = |x: &Matrix| Ok((model.encode(x)?, model.encode_flops(x.rows())));
-                let val = evaluate(&data.val, &enc)?;
-                run.curve_val.push(CurvePoint {
-                    step,
-                    flops: step_flops * step as f64 + val.inference_flops,
-                    mcc: val.code_mcc,
-                });
-                if best.as_ref().is_none_or(|b| val.code_mcc > b.0) {
-                    best = Some((val.code_mcc, step, model.clone()));
-                }
-            }
-        }
-        let (val_mcc, step, chosen) = best.context("no evaluation step")?;
-        run.selected_step = step;
-        run.train_flops = step_flops * step as f64;
-        let enc = |x: &Matrix| Ok((chosen.encode(x)?, chosen.encode_flops(x.rows())));
-        let test = evaluate(&data.test, &enc)?;
-        finish(&mut run, &data, chosen.dictionary(), &test)?;
-        run.wall_seconds = started.elapsed().as_secs_f64();
-        progress.finished(&format!("{name} (seed {seed})"));
-        if name == "sae" {
-            best_sae = Some((chosen, val_mcc));
-        }
-        runs.push(run);
-    }
+    let k = config.topk_k;
+    let topk = TopKConfig {
+        adam,
+        ..TopKConfig::topk(config.n_latents, config.dim, k, model_seed)
+    };
+    runs.push(train_learner(config, (&data, seed), "topk", TopKSae::new(topk)?, progress)?.0);
+    let batch = TopKConfig {
+        adam,
+        ..TopKConfig::batch_topk(config.n_latents, config.dim, k, model_seed)
+    };
+    runs.push(
+        train_learner(
+            config,
+            (&data, seed),
+            "batchtopk",
+            TopKSae::new(batch)?,
+            progress,
+        )?
+        .0,
+    );
+    let jump = JumpReluConfig {
+        threshold: 0.05,
+        bandwidth: 0.05,
+        l0_coefficient: config.jumprelu_l0_coefficient,
+        adam,
+        ..JumpReluConfig::new(config.n_latents, config.dim, model_seed)
+    };
+    runs.push(
+        train_learner(
+            config,
+            (&data, seed),
+            "jumprelu",
+            JumpReluSae::new(jump)?,
+            progress,
+        )?
+        .0,
+    );
+    let best_sae = Some(sae);
 
     // SAE + FISTA on the SAE's own learned decoder, warm-started from its codes.
-    if let Some((sae, _)) = &best_sae {
+    if let Some(sae) = &best_sae {
         let started = Instant::now();
         let sae_run = runs
             .iter()
@@ -543,7 +630,16 @@ mod tests {
         config.seeds = 1;
         let report = run(&config, &crate::NoProgress).unwrap();
         let get = |m: &str| report.runs.iter().find(|r| r.method == m).unwrap();
-        for m in ["sae", "mlp-32", "sae+fista", "sc-mod", "sc-adam"] {
+        for m in [
+            "sae",
+            "mlp-32",
+            "topk",
+            "batchtopk",
+            "jumprelu",
+            "sae+fista",
+            "sc-mod",
+            "sc-adam",
+        ] {
             let r = get(m);
             assert!(
                 r.code_mcc.is_finite() && r.dictionary_mcc.is_finite(),
