@@ -9,9 +9,10 @@ use sparse_core::encoders::pursuit::{MatchingPursuit, Omp};
 use sparse_core::encoders::Encoder;
 use sparse_core::io::{read_npy, write_npy, NpyDtype};
 use sparse_core::metrics;
-use sparse_study::amortisation_gap::{self, GapGridConfig};
-use sparse_study::known_dictionary::{self, KnownDictionaryConfig};
-use sparse_study::learned_dictionary::{self, LearnedDictionaryConfig};
+use sparse_study::amortisation_gap::GapGridConfig;
+use sparse_study::known_dictionary::KnownDictionaryConfig;
+use sparse_study::learned_dictionary::LearnedDictionaryConfig;
+use sparse_study::StudyReport;
 use std::path::{Path, PathBuf};
 
 /// Sparse inference and dictionary learning: synthetic data, encoders, metrics and studies.
@@ -370,72 +371,37 @@ fn progress_bar() -> indicatif::ProgressBar {
 }
 
 fn reproduce(a: ReproduceArgs) -> Result<()> {
-    let bar = progress_bar();
     match a.study {
-        Study::KnownDictionary => {
-            let out = a
-                .out
-                .unwrap_or_else(|| PathBuf::from("results/known-dictionary"));
-            let mut config = match &a.config {
-                Some(path) => study_config(path)?,
-                None if a.quick => KnownDictionaryConfig::quick(),
-                None => KnownDictionaryConfig::default(),
-            };
-            if let Some(s) = a.seeds {
-                config.seeds = s;
-            }
-            let report = known_dictionary::run(&config, &Bar(bar.clone()))?;
-            bar.finish_and_clear();
-            report.write(&out)?;
-            println!("{}", report.markdown());
-            println!(
-                "Wrote {}/results.json, table.md and mcc_vs_flops.svg",
-                out.display()
-            );
-        }
-        Study::LearnedDictionary => {
-            let out = a
-                .out
-                .unwrap_or_else(|| PathBuf::from("results/learned-dictionary"));
-            let mut config: LearnedDictionaryConfig = match &a.config {
-                Some(path) => study_config(path)?,
-                None if a.quick => LearnedDictionaryConfig::quick(),
-                None => LearnedDictionaryConfig::default(),
-            };
-            if let Some(s) = a.seeds {
-                config.seeds = s;
-            }
-            let report = learned_dictionary::run(&config, &Bar(bar.clone()))?;
-            bar.finish_and_clear();
-            report.write(&out)?;
-            println!("{}", report.markdown());
-            println!(
-                "Wrote {}/results.json, table.md and val_mcc_vs_train_flops.svg",
-                out.display()
-            );
-        }
-        Study::AmortisationGap => {
-            let out = a
-                .out
-                .unwrap_or_else(|| PathBuf::from("results/amortisation-gap"));
-            if a.seeds.is_some() {
-                bail!("--seeds does not apply to amortisation-gap (one seed per cell; set `seed` with --config)");
-            }
-            let config: GapGridConfig = match &a.config {
-                Some(path) => study_config(path)?,
-                None if a.quick => GapGridConfig::quick(),
-                None => GapGridConfig::default(),
-            };
-            let report = amortisation_gap::run(&config, &Bar(bar.clone()))?;
-            bar.finish_and_clear();
-            report.write(&out)?;
-            println!("{}", report.markdown());
-            println!(
-                "Wrote {}/results.json, table.md and gap_k*.svg",
-                out.display()
-            );
-        }
+        Study::KnownDictionary => reproduce_study::<KnownDictionaryConfig>(&a),
+        Study::LearnedDictionary => reproduce_study::<LearnedDictionaryConfig>(&a),
+        Study::AmortisationGap => reproduce_study::<GapGridConfig>(&a),
     }
+}
+
+/// Loads the study's configuration (file, quick or default), runs it with a
+/// progress bar, writes its files and prints its Markdown report.
+fn reproduce_study<S: sparse_study::Study>(a: &ReproduceArgs) -> Result<()> {
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| Path::new("results").join(S::NAME));
+    let mut config: S = match &a.config {
+        Some(path) => study_config(path)?,
+        None if a.quick => S::quick_config(),
+        None => S::default(),
+    };
+    if let Some(seeds) = a.seeds {
+        config.set_seeds(seeds)?;
+    }
+    let bar = progress_bar();
+    let report = config.run(&Bar(bar.clone()))?;
+    bar.finish_and_clear();
+    report.write(&out)?;
+    println!("{}", report.markdown());
+    println!(
+        "Wrote results.json, table.md and figures (SVG) into {}",
+        out.display()
+    );
     Ok(())
 }
 

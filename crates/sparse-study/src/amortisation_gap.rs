@@ -215,3 +215,4 @@ impl GapGridReport {
         Ok(())
     }
 }
+crate::study!(GapGridConfig, GapGridReport, "amortisation-gap", run, seeds: |_, _| anyhow::bail!("--seeds does not apply to amortisation-gap (one seed per cell; set `seed` with --config)"));

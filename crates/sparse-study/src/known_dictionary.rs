@@ -919,6 +919,8 @@ impl KnownDictionaryReport {
     }
 }
 
+crate::study!(KnownDictionaryConfig, KnownDictionaryReport, "known-dictionary", run, seeds: |c, s| { c.seeds = s; Ok(()) });
+
 #[cfg(test)]
 mod tests {
     use super::*;

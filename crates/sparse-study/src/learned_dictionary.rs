@@ -620,6 +620,8 @@ impl LearnedDictionaryReport {
     }
 }
 
+crate::study!(LearnedDictionaryConfig, LearnedDictionaryReport, "learned-dictionary", run, seeds: |c, s| { c.seeds = s; Ok(()) });
+
 #[cfg(test)]
 mod tests {
     use super::*;

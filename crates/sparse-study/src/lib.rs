@@ -13,6 +13,58 @@ pub mod figure;
 pub mod known_dictionary;
 pub mod learned_dictionary;
 
+/// A study that `sparse-infer reproduce` can run: the configuration knows its
+/// defaults (the paper's setting), a quick variant, and how to run itself.
+pub trait Study: serde::de::DeserializeOwned + Default {
+    /// What a run produces.
+    type Report: StudyReport;
+    /// The study's name on the command line and under `results/`.
+    const NAME: &'static str;
+    /// A configuration that runs in seconds (tests, smoke runs).
+    fn quick_config() -> Self;
+    /// Sets the number of seeds; an error where the study has no such notion.
+    fn set_seeds(&mut self, seeds: usize) -> anyhow::Result<()>;
+    /// Runs the study.
+    fn run(&self, progress: &dyn Progress) -> anyhow::Result<Self::Report>;
+}
+
+/// The output of a [`Study`].
+pub trait StudyReport {
+    /// The Markdown report.
+    fn markdown(&self) -> String;
+    /// Writes `results.json`, `table.md` and the figures into `dir`.
+    fn write(&self, dir: &std::path::Path) -> anyhow::Result<()>;
+}
+
+/// Implements [`Study`] and [`StudyReport`] from a study module's inherent items.
+macro_rules! study {
+    ($config:ty, $report:ty, $name:literal, $run:path, seeds: $seeds:expr) => {
+        impl crate::Study for $config {
+            type Report = $report;
+            const NAME: &'static str = $name;
+            fn quick_config() -> Self {
+                <$config>::quick()
+            }
+            fn set_seeds(&mut self, seeds: usize) -> anyhow::Result<()> {
+                let set: fn(&mut Self, usize) -> anyhow::Result<()> = $seeds;
+                set(self, seeds)
+            }
+            fn run(&self, progress: &dyn crate::Progress) -> anyhow::Result<$report> {
+                $run(self, progress)
+            }
+        }
+        impl crate::StudyReport for $report {
+            fn markdown(&self) -> String {
+                <$report>::markdown(self)
+            }
+            fn write(&self, dir: &std::path::Path) -> anyhow::Result<()> {
+                <$report>::write(self, dir)
+            }
+        }
+    };
+}
+pub(crate) use study;
+
 /// Receives progress from a running study: `(finished jobs, total jobs, what just finished)`.
 pub trait Progress: Sync {
     /// Called once when the number of jobs is known.
