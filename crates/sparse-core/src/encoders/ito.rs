@@ -27,35 +27,26 @@ pub trait WarmStartSolver {
     ) -> Result<Encoding>;
 }
 
-impl WarmStartSolver for Fista {
-    fn solver_name(&self) -> String {
-        self.name()
-    }
-    fn solve_from(
-        &self,
-        x: &Matrix,
-        dictionary: &Matrix,
-        init: Option<&Matrix>,
-        monitor: Option<Monitor<'_>>,
-    ) -> Result<Encoding> {
-        self.solve(x, dictionary, init, monitor)
-    }
+/// Solvers whose inherent `solve(x, dictionary, init, monitor)` is the warm start.
+macro_rules! warm_start_solver {
+    ($($t:ty),*) => {$(
+        impl WarmStartSolver for $t {
+            fn solver_name(&self) -> String {
+                self.name()
+            }
+            fn solve_from(
+                &self,
+                x: &Matrix,
+                dictionary: &Matrix,
+                init: Option<&Matrix>,
+                monitor: Option<Monitor<'_>>,
+            ) -> Result<Encoding> {
+                self.solve(x, dictionary, init, monitor)
+            }
+        }
+    )*};
 }
-
-impl WarmStartSolver for ExpAdam {
-    fn solver_name(&self) -> String {
-        self.name()
-    }
-    fn solve_from(
-        &self,
-        x: &Matrix,
-        dictionary: &Matrix,
-        init: Option<&Matrix>,
-        monitor: Option<Monitor<'_>>,
-    ) -> Result<Encoding> {
-        self.solve(x, dictionary, init, monitor)
-    }
-}
+warm_start_solver!(Fista, ExpAdam);
 
 /// An amortised encoder followed by a warm-started solver.
 pub struct InferenceTimeOptimisation<'a> {
