@@ -17,6 +17,7 @@
 //! [`crate::metrics::dictionary_cosine`] against the true one.
 
 pub mod autoencoder;
+pub mod joint_adam;
 pub mod jumprelu;
 pub mod sparse_coding;
 pub mod topk;

@@ -71,6 +71,7 @@ pub type Monitor<'m> = &'m mut dyn FnMut(&SolverProgress<'_>) -> bool;
 pub mod exp_adam;
 pub mod fista;
 pub mod ito;
+pub mod lista;
 pub mod mlp;
 pub mod pursuit;
 pub mod sae;
