@@ -17,6 +17,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sparse_core::data::{SyntheticConfig, SyntheticData};
 use sparse_core::dictionary::autoencoder::{Autoencoder, AutoencoderConfig};
+use sparse_core::dictionary::joint_adam::{JointAdam, JointAdamConfig};
 use sparse_core::dictionary::jumprelu::{JumpReluConfig, JumpReluSae};
 use sparse_core::dictionary::sparse_coding::{DictionaryUpdate, SparseCoding, SparseCodingConfig};
 use sparse_core::dictionary::topk::{TopKConfig, TopKSae};
@@ -65,6 +66,10 @@ pub struct LearnedDictionaryConfig {
     pub sparse_coding_fista_iters: usize,
     /// Lasso λ grid for sparse coding, chosen on validation.
     pub sparse_coding_lambdas: Vec<f32>,
+    /// Steps of the paper's joint Adam on exp-parametrised codes and dictionary
+    /// (paper: 40,000; 0 leaves the method out). Evaluated once, at the end,
+    /// with the paper's test-time inference (10,000 Adam steps per split).
+    pub joint_adam_steps: usize,
     /// Number of log-spaced evaluation points per run.
     pub eval_points: usize,
 }
@@ -89,6 +94,7 @@ impl Default for LearnedDictionaryConfig {
             sparse_coding_steps: 200,
             sparse_coding_fista_iters: 50,
             sparse_coding_lambdas: vec![0.01, 0.03, 0.1],
+            joint_adam_steps: 40_000,
             eval_points: 30,
         }
     }
@@ -105,6 +111,7 @@ impl LearnedDictionaryConfig {
             autoencoder_steps: 2_000,
             sparse_coding_steps: 40,
             sparse_coding_lambdas: vec![0.03, 0.1],
+            joint_adam_steps: 500,
             eval_points: 12,
             ..Default::default()
         }
@@ -171,7 +178,7 @@ fn paper_numbers(method: &str) -> Option<(f64, f64)> {
         "sae+fista" => Some((0.583, 0.745)),
         "mlp-32" => Some((0.623, 0.791)),
         "mlp-256" => Some((0.643, 0.851)),
-        "sc-mod" | "sc-adam" => Some((0.691, 0.837)),
+        "sc-mod" | "sc-adam" | "sc-joint-adam" => Some((0.691, 0.837)),
         _ => None,
     }
 }
@@ -212,8 +219,9 @@ pub fn run(
 ) -> anyhow::Result<LearnedDictionaryReport> {
     config.validate()?;
     let started = Instant::now();
-    // sae, the MLPs, topk, batchtopk, jumprelu, sae+fista, sc-mod, sc-adam.
-    let methods = 1 + config.mlp_widths.len() + 3 + 1 + 2;
+    // sae, the MLPs, topk, batchtopk, jumprelu, sae+fista, sc-mod, sc-adam, sc-joint-adam.
+    let methods =
+        1 + config.mlp_widths.len() + 3 + 1 + 2 + usize::from(config.joint_adam_steps > 0);
     progress.start(config.seeds * methods);
     let per_seed: Vec<anyhow::Result<Vec<LearnedRun>>> = (0..config.seeds)
         .into_par_iter()
@@ -533,6 +541,44 @@ fn run_seed(
         progress.finished(&format!("{name} (seed {seed})"));
         runs.push(run);
     }
+    // The paper's sparse coding: joint Adam on exp(U) and D; evaluated at the end (no selection).
+    if config.joint_adam_steps > 0 {
+        let started = Instant::now();
+        let mut joint = JointAdam::new(
+            JointAdamConfig {
+                lambda: config.lambda,
+                ..JointAdamConfig::paper(config.n_latents, config.dim, model_seed)
+            },
+            config.n_train,
+        )?;
+        for step in 1..=config.joint_adam_steps {
+            let loss = joint.train_step(&data.train.x)?;
+            anyhow::ensure!(
+                loss.is_finite(),
+                "sc-joint-adam (seed {seed}): loss became {loss} at step {step}"
+            );
+        }
+        let mut run = blank("sc-joint-adam", seed);
+        run.selected_step = config.joint_adam_steps;
+        run.train_flops = joint.train_step_flops() * config.joint_adam_steps as f64;
+        let enc = |x: &Matrix| {
+            joint
+                .encode(x)
+                .map(|e| (e.codes, e.flops))
+                .map_err(anyhow::Error::from)
+        };
+        let val = evaluate(&data.val, &enc)?;
+        run.curve_val.push(CurvePoint {
+            step: config.joint_adam_steps,
+            flops: run.train_flops + val.inference_flops,
+            mcc: val.code_mcc,
+        });
+        let test = evaluate(&data.test, &enc)?;
+        finish(&mut run, &data, joint.dictionary(), &test)?;
+        run.wall_seconds = started.elapsed().as_secs_f64();
+        progress.finished(&format!("sc-joint-adam (seed {seed})"));
+        runs.push(run);
+    }
     Ok(runs)
 }
 
@@ -584,7 +630,8 @@ impl LearnedDictionaryReport {
         s
     }
 
-    /// Writes `results.json`, `table.md` and `val_mcc_vs_train_flops.svg` into `dir`.
+    /// Writes `results.json`, `table.md` and three figures into `dir`: code MCC vs
+    /// total FLOPs, dictionary MCC vs training FLOPs, validation MCC along training.
     pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         sparse_core::io::write_atomic(
@@ -606,6 +653,39 @@ impl LearnedDictionaryReport {
                 (points.len() >= 2).then_some(Series { label: m, points })
             })
             .collect();
+        // One marker per method: mean over seeds.
+        let scatter =
+            |y: &dyn Fn(&LearnedRun) -> f64, x: &dyn Fn(&LearnedRun) -> f64| -> Vec<Series> {
+                self.methods()
+                    .into_iter()
+                    .map(|m| Series {
+                        points: vec![(self.stat(&m, x).0, self.stat(&m, y).0)],
+                        label: m,
+                    })
+                    .collect()
+            };
+        line_chart_svg(
+            &dir.join("code_mcc_vs_total_flops.svg"),
+            &FigureSpec {
+                title: "Learned dictionary: test code MCC vs total FLOPs",
+                x_label: "training + test inference FLOPs",
+                y_label: "code MCC (test)",
+                log_x: true,
+                y_range: (0.0, 1.0),
+            },
+            &scatter(&|r| r.code_mcc, &|r| r.train_flops + r.inference_flops),
+        )?;
+        line_chart_svg(
+            &dir.join("dictionary_mcc_vs_train_flops.svg"),
+            &FigureSpec {
+                title: "Learned dictionary: dictionary MCC vs training FLOPs",
+                x_label: "training FLOPs",
+                y_label: "dictionary MCC (Pearson)",
+                log_x: true,
+                y_range: (0.0, 1.0),
+            },
+            &scatter(&|r| r.dictionary_mcc, &|r| r.train_flops),
+        )?;
         line_chart_svg(
             &dir.join("val_mcc_vs_train_flops.svg"),
             &FigureSpec {
@@ -641,6 +721,7 @@ mod tests {
             "sae+fista",
             "sc-mod",
             "sc-adam",
+            "sc-joint-adam",
         ] {
             let r = get(m);
             assert!(
