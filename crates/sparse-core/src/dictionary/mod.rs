@@ -19,6 +19,8 @@
 pub mod autoencoder;
 pub mod joint_adam;
 pub mod jumprelu;
+pub mod matryoshka;
+pub mod mp_sae;
 pub mod sparse_coding;
 pub mod topk;
 pub mod unit_norm;
