@@ -33,8 +33,8 @@
 
 use super::topk::{
     add_sparse_times_dense, decoder_bias_gradient, initial_parameters, pre_activations,
-    select_above, sparse_decode_backward, sparse_encoder_backward, SparseCodes, TopKConfig,
-    TopKGradients, TopKSelection,
+    select_above, select_batch, select_dead, sparse_decode_backward, sparse_encoder_backward,
+    SparseCodes, TopKConfig, TopKGradients, TopKSelection,
 };
 use super::unit_norm::UnitNormAdam;
 use crate::encoders::sae::{
@@ -108,61 +108,6 @@ impl MatryoshkaConfig {
             ));
         }
         Ok(())
-    }
-}
-
-/// Keeps in `candidates` the `k` with the largest `values`, ties to the lower
-/// index, sorted ascending (the same total order as [`super::topk`]'s
-/// private helper, so selections agree exactly).
-fn keep_largest(values: &[f32], candidates: &mut Vec<usize>, k: usize) {
-    if k == 0 {
-        candidates.clear();
-        return;
-    }
-    if k < candidates.len() {
-        candidates.select_nth_unstable_by(k - 1, |&a, &b| {
-            values[b].total_cmp(&values[a]).then(a.cmp(&b))
-        });
-        candidates.truncate(k);
-    }
-    candidates.sort_unstable();
-}
-
-/// BatchTopK: the `n·k` largest entries of `pre (n × N)` that are `> 0`.
-fn select_batch(pre: &Matrix, k: usize, codes: &mut SparseCodes) {
-    codes.clear();
-    let (n, nl) = pre.shape();
-    let values = pre.as_slice();
-    let mut cand: Vec<usize> = (0..n * nl).collect();
-    keep_largest(values, &mut cand, n * k);
-    let mut next = cand.iter().peekable();
-    for i in 0..n {
-        while let Some(&&f) = next.peek() {
-            if f >= (i + 1) * nl {
-                break;
-            }
-            if values[f] > 0.0 {
-                codes.push(f - i * nl, values[f]);
-            }
-            next.next();
-        }
-        codes.end_row();
-    }
-}
-
-/// AuxK: per row, the `a` largest raw pre-activations among the `dead` latents.
-fn select_dead(pre: &Matrix, dead: &[usize], a: usize, codes: &mut SparseCodes) {
-    codes.clear();
-    let mut cand = Vec::with_capacity(dead.len());
-    for i in 0..pre.rows() {
-        let row = pre.row(i);
-        cand.clear();
-        cand.extend_from_slice(dead);
-        keep_largest(row, &mut cand, a);
-        for &j in &cand {
-            codes.push(j, row[j]);
-        }
-        codes.end_row();
     }
 }
 
@@ -288,7 +233,7 @@ impl MatryoshkaSae {
         self.check(x, false)?;
         let (_, pre) = self.pre(x);
         let mut codes = SparseCodes::default();
-        select_batch(&pre, self.config.sae.k, &mut codes);
+        select_batch(&pre, self.config.sae.k, &mut codes, &mut Vec::new());
         Ok(codes.to_dense(self.config.sae.n_latents))
     }
 
@@ -367,7 +312,7 @@ impl MatryoshkaSae {
         let (n, m) = x.shape();
         let (centred, pre) = self.pre(x);
         let mut codes = SparseCodes::default();
-        select_batch(&pre, c.k, &mut codes);
+        select_batch(&pre, c.k, &mut codes, &mut Vec::new());
         let mut groups = Vec::with_capacity(self.config.widths.len());
         let mut lo = 0;
         for &hi in &self.config.widths {
@@ -425,7 +370,7 @@ impl MatryoshkaSae {
         let a = c.aux_k.min(dead.len());
         let scale = (dead.len() as f64 / c.aux_k as f64).min(1.0);
         pass.aux_weight = c.aux_k_coefficient as f64 * scale;
-        select_dead(&pass.pre, &dead, a, &mut pass.aux);
+        select_dead(&pass.pre, &dead, a, &mut pass.aux, &mut Vec::new());
         // Z_aux·D − e with e = X − X̂_P = −residual_P.
         pass.aux_residual = pass.residuals.last().unwrap().clone();
         add_sparse_times_dense(&pass.aux, &self.dictionary, &mut pass.aux_residual);

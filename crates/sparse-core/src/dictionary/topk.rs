@@ -294,7 +294,7 @@ fn select_per_sample(pre: &Matrix, k: usize, codes: &mut SparseCodes, cand: &mut
 }
 
 /// BatchTopK: the `n·k` largest entries of `pre (n × N)` that are `> 0`.
-fn select_batch(pre: &Matrix, k: usize, codes: &mut SparseCodes, cand: &mut Vec<usize>) {
+pub(super) fn select_batch(pre: &Matrix, k: usize, codes: &mut SparseCodes, cand: &mut Vec<usize>) {
     codes.clear();
     let (n, nl) = pre.shape();
     let values = pre.as_slice();
@@ -335,7 +335,7 @@ pub(super) fn select_above(
 }
 
 /// AuxK: per row, the `a` largest raw pre-activations among the `dead` latents.
-fn select_dead(
+pub(super) fn select_dead(
     pre: &Matrix,
     dead: &[usize],
     a: usize,
