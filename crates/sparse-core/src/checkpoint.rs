@@ -41,11 +41,11 @@ pub const FORMAT_VERSION: u32 = 1;
 #[serde(rename_all = "snake_case")]
 pub enum Model {
     /// SAE or MLP encoder ([`Autoencoder`]).
-    Autoencoder(Autoencoder),
+    Autoencoder(Box<Autoencoder>),
     /// TopK / BatchTopK SAE ([`TopKSae`]).
-    TopK(TopKSae),
+    TopK(Box<TopKSae>),
     /// Alternating sparse coding ([`SparseCoding`]).
-    SparseCoding(SparseCoding),
+    SparseCoding(Box<SparseCoding>),
 }
 
 impl Model {

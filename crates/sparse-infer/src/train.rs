@@ -115,7 +115,7 @@ impl TrainConfig {
                 if let Some(lr) = self.lr {
                     c.adam.lr = lr;
                 }
-                Model::Autoencoder(Autoencoder::new(c)?)
+                Model::Autoencoder(Box::new(Autoencoder::new(c)?))
             }
             TrainMethod::Topk => {
                 not_for("lambda", self.lambda.is_some())?;
@@ -126,7 +126,7 @@ impl TrainConfig {
                 if let Some(lr) = self.lr {
                     c.adam.lr = lr;
                 }
-                Model::TopK(TopKSae::new(c)?)
+                Model::TopK(Box::new(TopKSae::new(c)?))
             }
             TrainMethod::SparseCoding => {
                 not_for("lr", self.lr.is_some())?;
@@ -139,7 +139,7 @@ impl TrainConfig {
                 if let Some(i) = self.fista_iters {
                     c.fista_iters = i;
                 }
-                Model::SparseCoding(SparseCoding::new(c)?)
+                Model::SparseCoding(Box::new(SparseCoding::new(c)?))
             }
         })
     }
