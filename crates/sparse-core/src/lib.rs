@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod assignment;
+pub mod checkpoint;
 pub mod data;
 pub mod dictionary;
 pub mod encoders;

@@ -8,11 +8,27 @@ use crate::error::{Error, Result};
 use faer::{MatMut, MatRef};
 
 /// A dense row-major `f32` matrix with explicit shape `rows × cols`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "MatrixRepr")]
 pub struct Matrix {
     rows: usize,
     cols: usize,
     data: Vec<f32>,
+}
+
+/// The serialised form of a [`Matrix`], checked on the way in.
+#[derive(serde::Deserialize)]
+struct MatrixRepr {
+    rows: usize,
+    cols: usize,
+    data: Vec<f32>,
+}
+
+impl TryFrom<MatrixRepr> for Matrix {
+    type Error = Error;
+    fn try_from(r: MatrixRepr) -> Result<Self> {
+        Matrix::from_vec(r.rows, r.cols, r.data)
+    }
 }
 
 impl Matrix {

@@ -15,6 +15,8 @@ use sparse_study::learned_dictionary::LearnedDictionaryConfig;
 use sparse_study::StudyReport;
 use std::path::{Path, PathBuf};
 
+mod train;
+
 /// Sparse inference and dictionary learning: synthetic data, encoders, metrics and studies.
 #[derive(Parser, Debug)]
 #[command(name = "sparse-infer", version, about)]
@@ -29,8 +31,10 @@ enum Command {
     Synth(SynthArgs),
     /// Compare inferred codes (and optionally dictionaries) with the truth; prints one JSON object.
     Metrics(MetricsArgs),
-    /// Encode data against a dictionary with a per-sample solver.
+    /// Encode data against a dictionary with a per-sample solver, or with a trained model (--model).
     Encode(EncodeArgs),
+    /// Train a learned-dictionary model from a TOML configuration; resumes from the checkpoint in `out`.
+    Train(TrainArgs),
     /// Run a study of the paper end to end (defaults reproduce it).
     Reproduce(ReproduceArgs),
     /// Measure the amortisation gap for one (N, M, K): best supervised encoders vs per-sample inference; prints JSON.
@@ -124,13 +128,28 @@ enum Method {
 }
 
 #[derive(clap::Args, Debug)]
-struct EncodeArgs {
-    /// Encoding method.
-    #[arg(long, value_enum)]
-    method: Method,
-    /// Dictionary D (N × M) as .npy, atoms as rows.
+struct TrainArgs {
+    /// Training configuration (TOML): method, data, n_latents, steps, out, ...
     #[arg(long)]
-    dictionary: PathBuf,
+    config: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+struct EncodeArgs {
+    /// Encoding method (not with --model).
+    #[arg(
+        long,
+        value_enum,
+        required_unless_present = "model",
+        conflicts_with = "model"
+    )]
+    method: Option<Method>,
+    /// Dictionary D (N × M) as .npy, atoms as rows (not with --model).
+    #[arg(long, required_unless_present = "model", conflicts_with = "model")]
+    dictionary: Option<PathBuf>,
+    /// A checkpoint folder written by `train`: encode with its own encoder.
+    #[arg(long, conflicts_with_all = ["lambda", "k", "signed", "max_iter", "tol"])]
+    model: Option<PathBuf>,
     /// Data X (n × M) as .npy.
     #[arg(long)]
     input: PathBuf,
@@ -207,6 +226,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Synth(a) => synth(a),
         Command::Metrics(a) => metrics_cmd(a),
         Command::Encode(a) => encode(a),
+        Command::Train(a) => train::train(&a.config, progress_bar()),
         Command::Reproduce(a) => reproduce(a),
         Command::Gap(a) => gap(a),
     }
@@ -275,15 +295,50 @@ fn metrics_cmd(a: MetricsArgs) -> Result<()> {
     Ok(())
 }
 
+fn encode_with_model(model: &Path, a: &EncodeArgs) -> Result<()> {
+    let ckpt = sparse_core::checkpoint::load(model)?;
+    let x = load(&a.input, "data")?;
+    let d = ckpt.model.dictionary();
+    if x.cols() != d.cols() {
+        bail!(
+            "{}: expected shape (n, {}) to match the model {} of dictionary shape ({}, {}), found ({}, {})",
+            a.input.display(),
+            d.cols(),
+            model.display(),
+            d.rows(),
+            d.cols(),
+            x.rows(),
+            x.cols()
+        );
+    }
+    let codes = ckpt.model.encode(&x)?;
+    write_npy(&a.out, &codes, NpyDtype::F32)?;
+    let l0 = metrics::l0(&codes);
+    println!(
+        "{}",
+        serde_json::json!({
+            "method": ckpt.method, "model": model, "step": ckpt.step, "out": a.out,
+            "shape": [codes.rows(), codes.cols()], "l0": l0.mean_count,
+        })
+    );
+    Ok(())
+}
+
 fn encode(a: EncodeArgs) -> Result<()> {
-    let d = load(&a.dictionary, "dictionary")?;
+    if let Some(model) = &a.model {
+        return encode_with_model(model, &a);
+    }
+    let (Some(method), Some(dictionary)) = (a.method, a.dictionary.clone()) else {
+        bail!("--method and --dictionary are required without --model");
+    };
+    let d = load(&dictionary, "dictionary")?;
     let x = load(&a.input, "data")?;
     if x.cols() != d.cols() {
         bail!(
             "{}: expected shape (n, {}) to match the dictionary {} of shape ({}, {}), found ({}, {})",
             a.input.display(),
             d.cols(),
-            a.dictionary.display(),
+            dictionary.display(),
             d.rows(),
             d.cols(),
             x.rows(),
@@ -291,11 +346,11 @@ fn encode(a: EncodeArgs) -> Result<()> {
         );
     }
     let need_k = || a.k.context("--k is required for omp and mp");
-    let encoder: Box<dyn Encoder> = match a.method {
+    let encoder: Box<dyn Encoder> = match method {
         Method::Fista | Method::Ista => {
             let mut c = FistaConfig {
                 nonnegative: !a.signed,
-                accelerated: matches!(a.method, Method::Fista),
+                accelerated: matches!(method, Method::Fista),
                 ..FistaConfig::default()
             };
             if let Some(l) = a.lambda {
@@ -330,7 +385,7 @@ fn encode(a: EncodeArgs) -> Result<()> {
             bail!(
                 "invalid parameter k = {k}: must not exceed the number of latents N = {} of {}",
                 d.rows(),
-                a.dictionary.display()
+                dictionary.display()
             );
         }
     }

@@ -125,7 +125,7 @@ pub struct AutoencoderGradients {
 }
 
 /// An SAE or MLP-encoder autoencoder with a learned unit-norm dictionary.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Autoencoder {
     config: AutoencoderConfig,
     layers: Vec<LinearReluLayer>,
@@ -139,7 +139,7 @@ pub struct Autoencoder {
 
 /// Buffers of one training step, sized for the last batch so that steps on
 /// batches of the same size do not allocate.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Work {
     /// Output of each encoder layer; the last is `Z (n × N)`.
     acts: Vec<Matrix>,

@@ -117,7 +117,7 @@ impl SparseCodingConfig {
 }
 
 /// An alternating-minimisation dictionary learner (see the module docs).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SparseCoding {
     config: SparseCodingConfig,
     fista: Fista,

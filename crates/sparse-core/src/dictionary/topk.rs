@@ -215,7 +215,7 @@ pub struct TopKGradients {
 
 /// Sparse codes in compressed-row form: the entries of sample `i` are
 /// `start[i]..start[i + 1]`, latents ascending.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub(super) struct SparseCodes {
     pub(super) start: Vec<usize>,
     pub(super) latent: Vec<usize>,
@@ -504,7 +504,7 @@ pub(super) fn initial_parameters(
 }
 
 /// A TopK or BatchTopK SAE with a learned unit-norm dictionary and AuxK.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TopKSae {
     config: TopKConfig,
     /// `W_enc (M × N)` and `b_enc (N)` with their Adam state. Its ReLU
@@ -523,7 +523,7 @@ pub struct TopKSae {
 
 /// Buffers of one training step, sized for the last batch so that steps on
 /// batches of the same size reallocate nothing but the sparse lists' growth.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Work {
     /// `X − b_dec (n × M)`.
     centred: Matrix,

@@ -95,7 +95,7 @@ pub fn normalization_flops(n_latents: usize, dim: usize) -> f64 {
 /// Adam on a dictionary kept at unit-norm atoms: each [`UnitNormAdam::step`]
 /// projects the gradient to the tangent space (optional), takes one Adam
 /// step and renormalises the atoms.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct UnitNormAdam {
     adam: Adam,
     project: bool,

@@ -21,7 +21,7 @@ use crate::matrix::Matrix;
 use rayon::prelude::*;
 
 /// Lasso solver settings.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FistaConfig {
     /// L1 weight λ ≥ 0 on the lasso scale `½‖x − zD‖² + λ‖z‖₁`.
     pub lambda: f32,
@@ -72,7 +72,7 @@ impl FistaConfig {
 }
 
 /// How the gradient `(Z·D − X)·Dᵀ` is formed each iteration.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum GradientForm {
     /// [`GradientForm::Gram`] when `n_latents < 2·dim`, else [`GradientForm::Residual`]:
     /// whichever costs fewer FLOPs per iteration.
@@ -85,7 +85,7 @@ pub enum GradientForm {
 }
 
 /// ISTA / FISTA solver for the (non-negative) lasso.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Fista {
     /// Solver settings.
     pub config: FistaConfig,

@@ -473,7 +473,7 @@ pub(crate) fn head_backward_flops(dim: usize, n_latents: usize) -> f64 {
 }
 
 /// Gradients of one [`LinearReluLayer`].
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct LayerGrads {
     /// `∂L/∂W (fan_in × fan_out)`.
     pub(crate) dw: Matrix,
@@ -493,7 +493,7 @@ impl LayerGrads {
 /// `out = ReLU(input · W + b)` with `W (fan_in × fan_out)` stored input-major
 /// (SAELens orientation, so the forward product needs no transpose), its
 /// backward pass and its Adam state. Both amortised encoders are stacks of it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct LinearReluLayer {
     /// `W (fan_in × fan_out)`.
     pub(crate) w: Matrix,

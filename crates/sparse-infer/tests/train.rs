@@ -1,0 +1,343 @@
+//! `sparse-infer train` and `encode --model`: resumed runs end bit-identical
+//! to uninterrupted ones, a killed run never leaves a partial checkpoint,
+//! damaged checkpoints give one-line errors.
+
+use serde_json::Value;
+use sparse_core::checkpoint;
+use sparse_core::io::read_npy;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sparse-infer"))
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("binary runs")
+}
+
+fn ok_json(args: &[&str]) -> Value {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    serde_json::from_str(stdout.lines().last().unwrap()).expect("last line is JSON")
+}
+
+fn fails_with(args: &[&str], needles: &[&str]) {
+    let out = run(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{args:?}: expected one line, got {stderr}");
+    for n in needles {
+        assert!(lines[0].contains(n), "{args:?}: {:?} lacks {n:?}", lines[0]);
+    }
+}
+
+fn s(p: &Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+/// A small synthetic data set; returns the path of data.npy.
+fn synth(dir: &Path) -> PathBuf {
+    let out = dir.join("synth");
+    ok_json(&[
+        "synth",
+        "--latents",
+        "16",
+        "--dim",
+        "8",
+        "--k",
+        "2",
+        "--samples",
+        "128",
+        "--seed",
+        "3",
+        "--out",
+        &s(&out),
+    ]);
+    out.join("data.npy")
+}
+
+/// Writes a config for `method` and returns its path.
+fn config(
+    dir: &Path,
+    name: &str,
+    method: &str,
+    data: &Path,
+    out: &Path,
+    steps: u64,
+    every: u64,
+) -> PathBuf {
+    let extra = match method {
+        "sae" => "lambda = 0.02\nlr = 0.003\n",
+        "mlp" => "hidden = 12\nlr = 0.003\n",
+        "topk" => "k = 3\nlr = 0.003\n",
+        "sparse-coding" => "lambda = 0.05\nfista_iters = 10\n",
+        _ => unreachable!(),
+    };
+    let text = format!(
+        "method = \"{method}\"\ndata = {:?}\nn_latents = 16\nsteps = {steps}\ncheckpoint_every = {every}\nout = {:?}\nseed = 7\n{extra}",
+        s(data),
+        s(out)
+    );
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn train(cfg: &Path) -> Value {
+    ok_json(&["train", "--config", &s(cfg)])
+}
+
+/// The model's full state as JSON (weights, optimiser moments, RNG, counters).
+fn full_state(dir: &Path) -> (Value, u64) {
+    let c = checkpoint::load(dir).unwrap();
+    (serde_json::to_value(&c.model).unwrap(), c.step)
+}
+
+#[test]
+fn resumed_training_is_bit_identical_to_uninterrupted_for_every_method() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = synth(tmp.path());
+    for method in ["sae", "mlp", "topk", "sparse-coding"] {
+        let full = tmp.path().join(format!("{method}-full"));
+        let split = tmp.path().join(format!("{method}-split"));
+        let a = train(&config(tmp.path(), "a.toml", method, &data, &full, 200, 50));
+        assert_eq!(a["steps"], 200);
+        assert_eq!(a["resumed_from"], 0);
+        assert_eq!(a["dictionary_shape"], serde_json::json!([16, 8]));
+        assert!(a["final_loss"].as_f64().unwrap().is_finite());
+        let b1 = train(&config(
+            tmp.path(),
+            "b.toml",
+            method,
+            &data,
+            &split,
+            120,
+            50,
+        ));
+        assert_eq!(b1["steps"], 120);
+        let b2 = train(&config(
+            tmp.path(),
+            "b.toml",
+            method,
+            &data,
+            &split,
+            200,
+            50,
+        ));
+        assert_eq!(b2["resumed_from"], 120, "{method}");
+        assert_eq!(a["final_loss"], b2["final_loss"], "{method}");
+        assert_eq!(
+            std::fs::read(full.join("model.safetensors")).unwrap(),
+            std::fs::read(split.join("model.safetensors")).unwrap(),
+            "{method}: weights differ"
+        );
+        assert_eq!(
+            full_state(&full),
+            full_state(&split),
+            "{method}: state differs"
+        );
+        // Rerunning a finished run changes nothing.
+        let again = train(&config(
+            tmp.path(),
+            "b.toml",
+            method,
+            &data,
+            &split,
+            200,
+            50,
+        ));
+        assert_eq!(again["resumed_from"], 200);
+        assert_eq!(again["final_loss"], a["final_loss"]);
+    }
+}
+
+#[test]
+fn sigkill_never_leaves_a_partial_checkpoint_and_the_resume_is_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = synth(tmp.path());
+    let out = tmp.path().join("killed");
+    let long = config(tmp.path(), "long.toml", "sae", &data, &out, 100_000_000, 1);
+    for delay_ms in [150u64, 290, 430] {
+        let mut child = bin()
+            .args(["train", "--config", &s(&long)])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while !out.join("state.json").exists() && start.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        // Whatever the moment of the kill, a complete checkpoint loads.
+        let (_, step) = full_state(&out);
+        assert!(step >= 1);
+        let names: Vec<String> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+    }
+    let (_, step) = full_state(&out);
+    let target = step + 25;
+    let resumed = train(&config(tmp.path(), "r.toml", "sae", &data, &out, target, 1));
+    assert_eq!(resumed["resumed_from"], step);
+    let fresh_out = tmp.path().join("fresh");
+    let fresh = train(&config(
+        tmp.path(),
+        "f.toml",
+        "sae",
+        &data,
+        &fresh_out,
+        target,
+        1000,
+    ));
+    assert_eq!(fresh["final_loss"], resumed["final_loss"]);
+    assert_eq!(
+        std::fs::read(out.join("model.safetensors")).unwrap(),
+        std::fs::read(fresh_out.join("model.safetensors")).unwrap()
+    );
+    assert_eq!(full_state(&out), full_state(&fresh_out));
+}
+
+#[test]
+fn damaged_or_mismatched_checkpoints_give_one_line_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = synth(tmp.path());
+    let x = s(&data);
+    let z = s(&tmp.path().join("z.npy"));
+    let fresh = |name: &str| {
+        let out = tmp.path().join(name);
+        train(&config(
+            tmp.path(),
+            &format!("{name}.toml"),
+            "topk",
+            &data,
+            &out,
+            20,
+            10,
+        ));
+        out
+    };
+
+    // Truncated weights.
+    let out = fresh("trunc");
+    let st = out.join("model.safetensors");
+    let bytes = std::fs::read(&st).unwrap();
+    std::fs::write(&st, &bytes[..bytes.len() / 2]).unwrap();
+    fails_with(
+        &["encode", "--model", &s(&out), "--input", &x, "--out", &z],
+        &["model.safetensors", "truncated"],
+    );
+    let cfg = config(tmp.path(), "trunc.toml", "topk", &data, &out, 40, 10);
+    fails_with(
+        &["train", "--config", &s(&cfg)],
+        &["model.safetensors", "resuming"],
+    );
+
+    // Missing state.json.
+    let out = fresh("nostate");
+    std::fs::remove_file(out.join("state.json")).unwrap();
+    fails_with(
+        &["encode", "--model", &s(&out), "--input", &x, "--out", &z],
+        &["state.json"],
+    );
+
+    // A shape in state.json that disagrees with the weights.
+    let out = fresh("shape");
+    let sp = out.join("state.json");
+    let mut state: Value = serde_json::from_slice(&std::fs::read(&sp).unwrap()).unwrap();
+    state["tensors"]["W_dec"] = serde_json::json!([16, 9]);
+    std::fs::write(&sp, serde_json::to_vec(&state).unwrap()).unwrap();
+    fails_with(
+        &["encode", "--model", &s(&out), "--input", &x, "--out", &z],
+        &["model.safetensors", "W_dec", "[16, 9]", "[16, 8]"],
+    );
+
+    // Garbage state.json.
+    let out = fresh("garbage");
+    std::fs::write(out.join("state.json"), b"{not json").unwrap();
+    fails_with(
+        &["encode", "--model", &s(&out), "--input", &x, "--out", &z],
+        &["state.json"],
+    );
+
+    // A different configuration or different data in the same `out` is refused.
+    let out = fresh("other");
+    let cfg = config(tmp.path(), "other2.toml", "topk", &data, &out, 40, 10);
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("seed = 7", "seed = 8");
+    std::fs::write(&cfg, text).unwrap();
+    fails_with(
+        &["train", "--config", &s(&cfg)],
+        &["different configuration"],
+    );
+    let other_data = tmp.path().join("other.npy");
+    let mut d = std::fs::read(&data).unwrap();
+    let last = d.len() - 1;
+    d[last] ^= 1;
+    std::fs::write(&other_data, d).unwrap();
+    let cfg = config(tmp.path(), "other3.toml", "topk", &other_data, &out, 40, 10);
+    fails_with(&["train", "--config", &s(&cfg)], &["SHA-256"]);
+
+    // Unknown configuration fields.
+    let cfg = tmp.path().join("unknown.toml");
+    std::fs::write(&cfg, format!("method = \"sae\"\ndata = {x:?}\nn_latents = 4\nsteps = 1\nout = \"o\"\nlearning_rate = 1.0\n")).unwrap();
+    fails_with(
+        &["train", "--config", &s(&cfg)],
+        &["unknown field", "learning_rate"],
+    );
+}
+
+#[test]
+fn encode_with_model_equals_the_models_own_encode() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = synth(tmp.path());
+    let x = read_npy(&data).unwrap();
+    for method in ["sae", "mlp", "topk", "sparse-coding"] {
+        let out = tmp.path().join(method);
+        train(&config(tmp.path(), "c.toml", method, &data, &out, 30, 10));
+        let zpath = tmp.path().join(format!("{method}-z.npy"));
+        let r = ok_json(&[
+            "encode",
+            "--model",
+            &s(&out),
+            "--input",
+            &s(&data),
+            "--out",
+            &s(&zpath),
+        ]);
+        assert_eq!(r["shape"], serde_json::json!([128, 16]));
+        let z = read_npy(&zpath).unwrap();
+        let c = checkpoint::load(&out).unwrap();
+        assert_eq!(c.method, method);
+        assert_eq!(z, c.model.encode(&x).unwrap(), "{method}");
+    }
+    // --model excludes the per-sample solver's options.
+    let out = tmp.path().join("sae");
+    let z = s(&tmp.path().join("z.npy"));
+    let r = run(&[
+        "encode",
+        "--model",
+        &s(&out),
+        "--method",
+        "fista",
+        "--input",
+        &s(&data),
+        "--out",
+        &z,
+    ]);
+    assert!(!r.status.success());
+}
