@@ -19,6 +19,8 @@ use sparse_core::data::{SyntheticConfig, SyntheticData};
 use sparse_core::dictionary::autoencoder::{Autoencoder, AutoencoderConfig};
 use sparse_core::dictionary::joint_adam::{JointAdam, JointAdamConfig};
 use sparse_core::dictionary::jumprelu::{JumpReluConfig, JumpReluSae};
+use sparse_core::dictionary::matryoshka::{MatryoshkaConfig, MatryoshkaSae};
+use sparse_core::dictionary::mp_sae::{MpSae, MpSaeConfig};
 use sparse_core::dictionary::sparse_coding::{DictionaryUpdate, SparseCoding, SparseCodingConfig};
 use sparse_core::dictionary::topk::{TopKConfig, TopKSae};
 use sparse_core::encoders::fista::{Fista, FistaConfig};
@@ -219,9 +221,9 @@ pub fn run(
 ) -> anyhow::Result<LearnedDictionaryReport> {
     config.validate()?;
     let started = Instant::now();
-    // sae, the MLPs, topk, batchtopk, jumprelu, sae+fista, sc-mod, sc-adam, sc-joint-adam.
+    // sae, the MLPs, topk, batchtopk, jumprelu, matryoshka, mp-sae, sae+fista, sc-mod, sc-adam, sc-joint-adam.
     let methods =
-        1 + config.mlp_widths.len() + 3 + 1 + 2 + usize::from(config.joint_adam_steps > 0);
+        1 + config.mlp_widths.len() + 5 + 1 + 2 + usize::from(config.joint_adam_steps > 0);
     progress.start(config.seeds * methods);
     let per_seed: Vec<anyhow::Result<Vec<LearnedRun>>> = (0..config.seeds)
         .into_par_iter()
@@ -306,7 +308,7 @@ macro_rules! learner {
         }
     )*};
 }
-learner!(Autoencoder, TopKSae, JumpReluSae);
+learner!(Autoencoder, TopKSae, JumpReluSae, MatryoshkaSae, MpSae);
 
 /// Trains `model` full batch, evaluating on validation at log-spaced steps;
 /// returns the run (test numbers of the best validation step) and that model.
@@ -439,6 +441,27 @@ fn run_seed(
         )?
         .0,
     );
+    // Matryoshka BatchTopK with nested prefixes of a quarter, a half and all latents.
+    let n = config.n_latents;
+    let mut widths = vec![(n / 4).max(1), (n / 2).max(1), n];
+    widths.dedup();
+    let mut matryoshka = MatryoshkaConfig::new(n, config.dim, k, widths, model_seed);
+    matryoshka.sae.adam = adam;
+    runs.push(
+        train_learner(
+            config,
+            (&data, seed),
+            "matryoshka",
+            MatryoshkaSae::new(matryoshka)?,
+            progress,
+        )?
+        .0,
+    );
+    let mp = MpSaeConfig {
+        adam,
+        ..MpSaeConfig::new(n, config.dim, k, model_seed)
+    };
+    runs.push(train_learner(config, (&data, seed), "mp-sae", MpSae::new(mp)?, progress)?.0);
     let best_sae = Some(sae);
 
     // SAE + FISTA on the SAE's own learned decoder, warm-started from its codes.
@@ -718,6 +741,8 @@ mod tests {
             "topk",
             "batchtopk",
             "jumprelu",
+            "matryoshka",
+            "mp-sae",
             "sae+fista",
             "sc-mod",
             "sc-adam",
