@@ -252,6 +252,10 @@ fn sync_dir(dir: &Path) {
 /// Writes `ckpt` into the folder `dir` atomically (see the module documentation).
 pub fn save(dir: &Path, ckpt: &Checkpoint) -> Result<()> {
     let (parent, tmp, old) = siblings(dir)?;
+    std::fs::create_dir_all(&parent).map_err(|source| Error::Io {
+        path: parent.clone(),
+        source,
+    })?;
     let mut model = serde_json::to_value(&ckpt.model)
         .map_err(|e| format_err(dir, format!("cannot serialise the model: {e}")))?;
     let mut tensors = BTreeMap::new();

@@ -209,16 +209,28 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     if let Err(e) = run(cli) {
-        // One line: the chain of causes, outermost first.
-        let message = format!("{e:#}");
-        let one_line: Vec<&str> = message
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect();
-        eprintln!("error: {}", one_line.join(" "));
+        eprintln!("error: {}", one_line_message(&e));
         std::process::exit(1);
     }
+}
+
+/// The chain of causes on one line, outermost first; a cause whose text the
+/// previous message already shows (e.g. an I/O error printed with its path) is skipped.
+fn one_line_message(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !parts.last().is_some_and(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    let joined = parts.join(": ");
+    joined
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn run(cli: Cli) -> Result<()> {
