@@ -23,6 +23,7 @@ use sparse_core::dictionary::matryoshka::{MatryoshkaConfig, MatryoshkaSae};
 use sparse_core::dictionary::mp_sae::{MpSae, MpSaeConfig};
 use sparse_core::dictionary::sparse_coding::{DictionaryUpdate, SparseCoding, SparseCodingConfig};
 use sparse_core::dictionary::topk::{TopKConfig, TopKSae};
+use sparse_core::dictionary::DictionaryLearner;
 use sparse_core::encoders::fista::{Fista, FistaConfig};
 use sparse_core::metrics::{code_mcc, dictionary_cosine, dictionary_mcc, reconstruction_report};
 use sparse_core::optim::AdamConfig;
@@ -288,31 +289,9 @@ fn blank(method: &str, seed: u64) -> LearnedRun {
     }
 }
 
-/// A model that learns its own dictionary, as the study drives it.
-trait Learner: Clone {
-    fn step(&mut self, x: &Matrix) -> sparse_core::Result<f32>;
-    fn codes(&self, x: &Matrix) -> sparse_core::Result<Matrix>;
-    fn codes_flops(&self, n: usize) -> f64;
-    fn step_flops(&self, n: usize) -> f64;
-    fn atoms(&self) -> &Matrix;
-}
-
-macro_rules! learner {
-    ($($t:ty),*) => {$(
-        impl Learner for $t {
-            fn step(&mut self, x: &Matrix) -> sparse_core::Result<f32> { self.train_step(x) }
-            fn codes(&self, x: &Matrix) -> sparse_core::Result<Matrix> { self.encode(x) }
-            fn codes_flops(&self, n: usize) -> f64 { self.encode_flops(n) }
-            fn step_flops(&self, n: usize) -> f64 { self.train_step_flops(n) }
-            fn atoms(&self) -> &Matrix { self.dictionary() }
-        }
-    )*};
-}
-learner!(Autoencoder, TopKSae, JumpReluSae, MatryoshkaSae, MpSae);
-
 /// Trains `model` full batch, evaluating on validation at log-spaced steps;
 /// returns the run (test numbers of the best validation step) and that model.
-fn train_learner<L: Learner>(
+fn train_learner<L: DictionaryLearner + Clone>(
     config: &LearnedDictionaryConfig,
     (data, seed): (&SyntheticData, u64),
     name: &str,
@@ -325,8 +304,8 @@ fn train_learner<L: Learner>(
     let (mut flops, mut next) = (0.0, 0);
     let mut best: Option<(f64, usize, f64, L)> = None;
     for step in 1..=config.autoencoder_steps {
-        flops += model.step_flops(config.n_train);
-        let loss = model.step(&data.train.x)?;
+        flops += model.train_step_flops(config.n_train);
+        let loss = model.train_step(&data.train.x)?;
         anyhow::ensure!(
             loss.is_finite(),
             "{name} (seed {seed}): loss became {loss} at step {step}"
@@ -334,7 +313,7 @@ fn train_learner<L: Learner>(
         if checkpoints.get(next) == Some(&step) {
             next += 1;
             let val = evaluate(&data.val, &|x| {
-                Ok((model.codes(x)?, model.codes_flops(x.rows())))
+                Ok((model.encode(x)?, model.encode_flops(x.rows())))
             })?;
             run.curve_val.push(CurvePoint {
                 step,
@@ -350,9 +329,9 @@ fn train_learner<L: Learner>(
     run.selected_step = step;
     run.train_flops = train_flops;
     let test = evaluate(&data.test, &|x| {
-        Ok((chosen.codes(x)?, chosen.codes_flops(x.rows())))
+        Ok((chosen.encode(x)?, chosen.encode_flops(x.rows())))
     })?;
-    finish(&mut run, data, chosen.atoms(), &test)?;
+    finish(&mut run, data, chosen.dictionary(), &test)?;
     run.wall_seconds = started.elapsed().as_secs_f64();
     progress.finished(&format!("{name} (seed {seed})"));
     Ok((run, chosen))
