@@ -294,19 +294,7 @@ impl Autoencoder {
 
     /// `X̂ = Z·D + b_dec` for codes `z (n × N)`.
     pub fn decode(&self, z: &Matrix) -> Result<Matrix> {
-        z.expect_shape("codes", None, Some(self.config.n_latents))?;
-        z.check_finite("codes")?;
-        let mut out = Matrix::from_fn(z.rows(), self.config.dim, |_, j| self.b_dec[j]);
-        gemm_into(
-            out.view_mut(),
-            true,
-            z.view(),
-            Op::N,
-            self.dictionary.view(),
-            Op::N,
-            1.0,
-        );
-        Ok(out)
+        super::decode(z, &self.dictionary, &self.b_dec)
     }
 
     /// The loss on `x (n × M)` without gradients.

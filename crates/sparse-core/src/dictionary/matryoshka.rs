@@ -41,7 +41,6 @@ use crate::encoders::sae::{
     check_batch, check_loss, check_training_batch, LayerGrads, LinearReluLayer,
 };
 use crate::error::{Error, Result};
-use crate::linalg::{gemm_into, Op};
 use crate::matrix::Matrix;
 use crate::optim::{Adam, ADAM_FLOPS_PER_PARAM};
 use serde::{Deserialize, Serialize};
@@ -240,19 +239,7 @@ impl MatryoshkaSae {
     /// `X̂ = Z·D + b_dec` for dense codes `z (n × N)` (zero the columns
     /// `≥ m_p` of `z` for the prefix-`p` reconstruction).
     pub fn decode(&self, z: &Matrix) -> Result<Matrix> {
-        z.expect_shape("codes", None, Some(self.config.sae.n_latents))?;
-        z.check_finite("codes")?;
-        let mut out = Matrix::from_fn(z.rows(), self.config.sae.dim, |_, j| self.b_dec[j]);
-        gemm_into(
-            out.view_mut(),
-            true,
-            z.view(),
-            Op::N,
-            self.dictionary.view(),
-            Op::N,
-            1.0,
-        );
-        Ok(out)
+        super::decode(z, &self.dictionary, &self.b_dec)
     }
 
     /// The training loss (AuxK included with the current dead latents).

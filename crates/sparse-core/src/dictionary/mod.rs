@@ -42,6 +42,24 @@ pub use unit_norm::{
 use crate::error::Result;
 use crate::matrix::Matrix;
 
+/// `X̂ = Z·D + b_dec` for codes `z (n × N)`, dictionary `d (N × M)` and decoder bias `b_dec (M)`;
+/// fails on codes of the wrong width or with non-finite values.
+pub fn decode(z: &Matrix, dictionary: &Matrix, b_dec: &[f32]) -> Result<Matrix> {
+    z.expect_shape("codes", None, Some(dictionary.rows()))?;
+    z.check_finite("codes")?;
+    let mut out = Matrix::from_fn(z.rows(), dictionary.cols(), |_, j| b_dec[j]);
+    crate::linalg::gemm_into(
+        out.view_mut(),
+        true,
+        z.view(),
+        crate::linalg::Op::N,
+        dictionary.view(),
+        crate::linalg::Op::N,
+        1.0,
+    );
+    Ok(out)
+}
+
 /// A model that learns its own dictionary together with an encoder: the
 /// common interface of the SAE zoo (studies and tools drive them through it).
 pub trait DictionaryLearner {

@@ -32,7 +32,6 @@ use crate::encoders::pursuit::MatchingPursuit;
 use crate::encoders::sae::{check_batch, check_loss, check_training_batch, validate_common};
 use crate::encoders::{Encoder, Encoding};
 use crate::error::{Error, Result};
-use crate::linalg::{gemm_into, Op};
 use crate::matrix::Matrix;
 use crate::optim::{Adam, AdamConfig, ADAM_FLOPS_PER_PARAM};
 use serde::{Deserialize, Serialize};
@@ -159,19 +158,7 @@ impl MpSae {
 
     /// `X̂ = Z·D + b_dec` for dense codes `z (n × N)`.
     pub fn decode(&self, z: &Matrix) -> Result<Matrix> {
-        z.expect_shape("codes", None, Some(self.config.n_latents))?;
-        z.check_finite("codes")?;
-        let mut out = Matrix::from_fn(z.rows(), self.config.dim, |_, j| self.b_dec[j]);
-        gemm_into(
-            out.view_mut(),
-            true,
-            z.view(),
-            Op::N,
-            self.dictionary.view(),
-            Op::N,
-            1.0,
-        );
-        Ok(out)
+        super::decode(z, &self.dictionary, &self.b_dec)
     }
 
     /// The loss `mean((X − X̂)²)` on `x`.
