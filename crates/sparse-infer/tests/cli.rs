@@ -3,44 +3,9 @@
 
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_sparse-infer"))
-}
-
-fn run(args: &[&str]) -> Output {
-    bin().args(args).output().expect("binary runs")
-}
-
-fn ok_json(args: &[&str]) -> Value {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    serde_json::from_str(stdout.lines().last().unwrap()).expect("last line is JSON")
-}
-
-/// Asserts a clean failure: non-zero exit, no panic, a one-line message containing every `needle`.
-fn fails_with(args: &[&str], needles: &[&str]) {
-    let out = run(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{args:?} should fail");
-    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
-    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
-    let msg: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(
-        msg.len(),
-        1,
-        "{args:?}: expected one error line, got {stderr}"
-    );
-    for n in needles {
-        assert!(msg[0].contains(n), "{args:?}: '{}' lacks '{n}'", msg[0]);
-    }
-}
+mod common;
+use common::{bin, fails_with, ok_json};
 
 fn p(dir: &Path, name: &str) -> String {
     dir.join(name).to_string_lossy().into_owned()

@@ -6,39 +6,10 @@ use serde_json::Value;
 use sparse_core::checkpoint;
 use sparse_core::io::read_npy;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_sparse-infer"))
-}
-
-fn run(args: &[&str]) -> Output {
-    bin().args(args).output().expect("binary runs")
-}
-
-fn ok_json(args: &[&str]) -> Value {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    serde_json::from_str(stdout.lines().last().unwrap()).expect("last line is JSON")
-}
-
-fn fails_with(args: &[&str], needles: &[&str]) {
-    let out = run(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
-    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "{args:?}: expected one line, got {stderr}");
-    for n in needles {
-        assert!(lines[0].contains(n), "{args:?}: {:?} lacks {n:?}", lines[0]);
-    }
-}
+mod common;
+use common::{bin, fails_with, ok_json, run};
 
 fn s(p: &Path) -> String {
     p.to_str().unwrap().to_string()

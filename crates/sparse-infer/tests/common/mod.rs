@@ -1,0 +1,44 @@
+//! Helpers shared by the command-line test files: run the binary, read its
+//! JSON, and check that bad input fails cleanly.
+
+#![allow(dead_code)] // each test file uses a different subset
+
+use serde_json::Value;
+use std::process::{Command, Output};
+
+/// The `sparse-infer` binary under test.
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sparse-infer"))
+}
+
+/// Runs the binary with `args` and returns its output.
+pub fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("binary runs")
+}
+
+/// Runs `args`, asserts success and parses the last line of stdout as JSON.
+pub fn ok_json(args: &[&str]) -> Value {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    serde_json::from_str(stdout.lines().last().unwrap()).expect("last line is JSON")
+}
+
+/// Asserts a clean failure: exit code 1, no panic, stderr is exactly one
+/// `error:` line, and it contains every `needle`.
+pub fn fails_with(args: &[&str], needles: &[&str]) {
+    let out = run(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{args:?}: expected one line, got {stderr}");
+    assert!(lines[0].starts_with("error:"), "{args:?}: {stderr}");
+    for n in needles {
+        assert!(lines[0].contains(n), "{args:?}: {:?} lacks {n:?}", lines[0]);
+    }
+}
