@@ -19,8 +19,14 @@
 //! between the two renames, [`load`] puts `.NAME.old` back.
 
 use crate::dictionary::autoencoder::Autoencoder;
+use crate::dictionary::jumprelu::JumpReluSae;
+use crate::dictionary::matryoshka::MatryoshkaSae;
+use crate::dictionary::mp_sae::MpSae;
 use crate::dictionary::sparse_coding::SparseCoding;
 use crate::dictionary::topk::TopKSae;
+use crate::dictionary::DictionaryLearner;
+use crate::encoders::lista::Lista;
+use crate::encoders::{Encoder, Trainable};
 use crate::error::{Error, Result};
 use crate::matrix::Matrix;
 use serde::{Deserialize, Serialize};
@@ -33,10 +39,20 @@ use std::path::{Path, PathBuf};
 pub const MODEL_FILE: &str = "model.safetensors";
 /// State file of a checkpoint folder.
 pub const STATE_FILE: &str = "state.json";
-/// Version of the `state.json` layout.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the `state.json` layout (2: scratch buffers are no longer stored).
+pub const FORMAT_VERSION: u32 = 2;
 
-/// A trainable model with a learned dictionary.
+/// A LISTA encoder trained against a frozen dictionary, kept together with
+/// that dictionary so that the checkpoint encodes on its own.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ListaModel {
+    /// The trained encoder.
+    pub lista: Lista,
+    /// The frozen dictionary `D (N × M)` it was trained against.
+    pub dictionary: Matrix,
+}
+
+/// A trainable model with a learned (or, for LISTA, frozen) dictionary.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Model {
@@ -44,79 +60,132 @@ pub enum Model {
     Autoencoder(Box<Autoencoder>),
     /// TopK / BatchTopK SAE ([`TopKSae`]).
     TopK(Box<TopKSae>),
+    /// JumpReLU SAE ([`JumpReluSae`]).
+    JumpRelu(Box<JumpReluSae>),
+    /// Matryoshka BatchTopK SAE ([`MatryoshkaSae`]).
+    Matryoshka(Box<MatryoshkaSae>),
+    /// Matching-pursuit SAE ([`MpSae`]).
+    MpSae(Box<MpSae>),
     /// Alternating sparse coding ([`SparseCoding`]).
     SparseCoding(Box<SparseCoding>),
+    /// LISTA with its frozen dictionary ([`ListaModel`]).
+    Lista(Box<ListaModel>),
 }
 
 impl Model {
-    /// One training step on the batch `x` (the full data set for full-batch
-    /// training); returns the loss the model reports for it.
+    /// The models that implement [`DictionaryLearner`].
+    fn learner(&self) -> Option<&dyn DictionaryLearner> {
+        Some(match self {
+            Model::Autoencoder(m) => m.as_ref(),
+            Model::TopK(m) => m.as_ref(),
+            Model::JumpRelu(m) => m.as_ref(),
+            Model::Matryoshka(m) => m.as_ref(),
+            Model::MpSae(m) => m.as_ref(),
+            Model::SparseCoding(_) | Model::Lista(_) => return None,
+        })
+    }
+
+    /// One training step on the batch `x`; returns the loss the model reports for it.
     pub fn train_step(&mut self, x: &Matrix) -> Result<f32> {
         match self {
             Model::Autoencoder(m) => m.train_step(x),
             Model::TopK(m) => m.train_step(x),
+            Model::JumpRelu(m) => m.train_step(x),
+            Model::Matryoshka(m) => m.train_step(x),
+            Model::MpSae(m) => m.train_step(x),
             Model::SparseCoding(m) => m.fit_step(x),
+            Model::Lista(m) => m.lista.train_step(x, &m.dictionary),
         }
     }
 
     /// Codes `Z (n × N)` of `x (n × M)`.
     pub fn encode(&self, x: &Matrix) -> Result<Matrix> {
         match self {
-            Model::Autoencoder(m) => m.encode(x),
-            Model::TopK(m) => m.encode(x),
             Model::SparseCoding(m) => Ok(m.encode(x)?.codes),
+            Model::Lista(m) => Ok(m.lista.encode(x, &m.dictionary)?.codes),
+            other => other.learner().expect("a learner").encode(x),
         }
     }
 
     /// The dictionary `D (N × M)`.
     pub fn dictionary(&self) -> &Matrix {
         match self {
-            Model::Autoencoder(m) => m.dictionary(),
-            Model::TopK(m) => m.dictionary(),
             Model::SparseCoding(m) => m.dictionary(),
+            Model::Lista(m) => &m.dictionary,
+            other => other.learner().expect("a learner").dictionary(),
         }
     }
 
-    /// Safetensors names and JSON pointers (into the serialised model) of the weights.
-    fn tensor_pointers(&self) -> Vec<(String, String)> {
-        let p = |name: &str, ptr: &str| (name.to_string(), ptr.to_string());
+    /// FLOPs of one training step on `n` samples.
+    pub fn train_step_flops(&self, n: usize) -> f64 {
         match self {
-            Model::Autoencoder(m) => {
-                let n_layers =
-                    if m.config().encoder == crate::dictionary::autoencoder::EncoderKind::Linear {
-                        1
-                    } else {
-                        2
-                    };
-                let mut v = Vec::new();
-                for i in 0..n_layers {
-                    let suffix = if n_layers == 1 {
-                        String::new()
-                    } else {
-                        format!("_{i}")
-                    };
-                    v.push(p(
-                        &format!("W_enc{suffix}"),
-                        &format!("/autoencoder/layers/{i}/w"),
-                    ));
-                    v.push(p(
-                        &format!("b_enc{suffix}"),
-                        &format!("/autoencoder/layers/{i}/b"),
-                    ));
-                }
-                v.push(p("W_dec", "/autoencoder/dictionary"));
-                v.push(p("b_dec", "/autoencoder/b_dec"));
-                v
-            }
-            Model::TopK(_) => vec![
-                p("W_enc", "/top_k/encoder/w"),
-                p("b_enc", "/top_k/encoder/b"),
-                p("W_dec", "/top_k/dictionary"),
-                p("b_dec", "/top_k/b_dec"),
-            ],
-            Model::SparseCoding(_) => vec![p("W_dec", "/sparse_coding/dictionary")],
+            Model::SparseCoding(m) => m.last_step_flops(),
+            Model::Lista(m) => m.lista.train_step_flops(n),
+            other => other.learner().expect("a learner").train_step_flops(n),
         }
     }
+}
+
+/// The weights of a serialised model: `(safetensors name, JSON pointer)`
+/// pairs, read off the serialised form itself so that saving (from a full
+/// model) and loading (from one whose weights are `null`) use the same map.
+/// Returns the variant's name too.
+fn tensor_layout(model: &Value) -> std::result::Result<(String, Vec<(String, String)>), String> {
+    let kind = model
+        .as_object()
+        .filter(|o| o.len() == 1)
+        .and_then(|o| o.keys().next().cloned())
+        .ok_or("the model state is not a single-variant object")?;
+    let at = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(name, rel)| (name.to_string(), format!("/{kind}{rel}")))
+            .collect()
+    };
+    let encoder_and_decoder = [
+        ("W_enc", "/encoder/w"),
+        ("b_enc", "/encoder/b"),
+        ("W_dec", "/dictionary"),
+        ("b_dec", "/b_dec"),
+    ];
+    let layout = match kind.as_str() {
+        "autoencoder" => {
+            let n_layers = model
+                .pointer("/autoencoder/layers")
+                .and_then(Value::as_array)
+                .map(Vec::len)
+                .ok_or("the autoencoder state has no layers")?;
+            let mut v = Vec::new();
+            for i in 0..n_layers {
+                // One layer keeps SAELens' names; an MLP numbers them.
+                let suffix = if n_layers == 1 {
+                    String::new()
+                } else {
+                    format!("_{i}")
+                };
+                v.push((format!("W_enc{suffix}"), format!("/{kind}/layers/{i}/w")));
+                v.push((format!("b_enc{suffix}"), format!("/{kind}/layers/{i}/b")));
+            }
+            v.extend(at(&[("W_dec", "/dictionary"), ("b_dec", "/b_dec")]));
+            v
+        }
+        "top_k" | "matryoshka" => at(&encoder_and_decoder),
+        "jump_relu" => {
+            let mut v = at(&encoder_and_decoder);
+            v.extend(at(&[("log_threshold", "/log_threshold")]));
+            v
+        }
+        "mp_sae" => at(&[("W_dec", "/dictionary"), ("b_dec", "/b_dec")]),
+        "sparse_coding" => at(&[("W_dec", "/dictionary")]),
+        "lista" => at(&[
+            ("W_enc", "/lista/w_e"),
+            ("S", "/lista/s"),
+            ("theta", "/lista/theta"),
+            ("W_dec", "/dictionary"),
+        ]),
+        other => return Err(format!("unknown model kind `{other}`")),
+    };
+    Ok((kind, layout))
 }
 
 /// Everything a checkpoint holds.
@@ -260,7 +329,8 @@ pub fn save(dir: &Path, ckpt: &Checkpoint) -> Result<()> {
         .map_err(|e| format_err(dir, format!("cannot serialise the model: {e}")))?;
     let mut tensors = BTreeMap::new();
     let mut blobs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    for (name, ptr) in ckpt.model.tensor_pointers() {
+    let (_, layout) = tensor_layout(&model).map_err(|e| format_err(dir, e))?;
+    for (name, ptr) in layout {
         let (shape, values) = model
             .pointer_mut(&ptr)
             .and_then(take_tensor)
@@ -364,11 +434,20 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
             format!("not a valid safetensors file (truncated or corrupt?): {e:?}"),
         )
     })?;
-    let kind = state
-        .model
-        .as_object()
-        .and_then(|o| o.keys().next().cloned())
-        .unwrap_or_default();
+    let (_, layout) = tensor_layout(&state.model).map_err(|e| format_err(&state_path, e))?;
+    // The tensors listed must be exactly those the model has places for.
+    let expected: Vec<&String> = layout.iter().map(|(n, _)| n).collect();
+    if expected.len() != state.tensors.len()
+        || expected.iter().any(|n| !state.tensors.contains_key(*n))
+    {
+        return Err(format_err(
+            &state_path,
+            format!(
+                "lists tensors {:?}, but the model has {expected:?}",
+                state.tensors.keys().collect::<Vec<_>>()
+            ),
+        ));
+    }
     let names_in_file = st.names().len();
     if names_in_file != state.tensors.len() {
         return Err(format_err(
@@ -380,7 +459,8 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
             ),
         ));
     }
-    for (name, shape) in &state.tensors {
+    for (name, ptr) in &layout {
+        let shape = &state.tensors[name];
         let t = st.tensor(name).map_err(|_| {
             format_err(
                 &model_path,
@@ -405,7 +485,7 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        let node = tensor_node(&mut state.model, &kind, name).ok_or_else(|| {
+        let node = state.model.pointer_mut(ptr).ok_or_else(|| {
             format_err(
                 &state_path,
                 format!("the model has no place for tensor {name}"),
@@ -431,23 +511,6 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
     }
     let model: Model = serde_json::from_value(state.model)
         .map_err(|e| format_err(&state_path, format!("invalid model state: {e}")))?;
-    // The pointers the model declares must be exactly the tensors found.
-    let expected: Vec<String> = model
-        .tensor_pointers()
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
-    if expected.len() != state.tensors.len()
-        || expected.iter().any(|n| !state.tensors.contains_key(n))
-    {
-        return Err(format_err(
-            &model_path,
-            format!(
-                "tensors {:?} do not match the model's {expected:?}",
-                state.tensors.keys().collect::<Vec<_>>()
-            ),
-        ));
-    }
     Ok(Checkpoint {
         method: state.method,
         config: state.config,
@@ -456,26 +519,4 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
         last_loss: state.last_loss,
         model,
     })
-}
-
-/// The JSON node of tensor `name` in a serialised model of variant `kind`.
-fn tensor_node<'a>(model: &'a mut Value, kind: &str, name: &str) -> Option<&'a mut Value> {
-    let rel = match name {
-        "W_enc" if kind == "autoencoder" => "/layers/0/w".to_string(),
-        "b_enc" if kind == "autoencoder" => "/layers/0/b".to_string(),
-        "W_enc" => "/encoder/w".to_string(),
-        "b_enc" => "/encoder/b".to_string(),
-        "W_dec" => "/dictionary".to_string(),
-        "b_dec" => "/b_dec".to_string(),
-        other => {
-            let (base, i) = other.rsplit_once('_')?;
-            let i: usize = i.parse().ok()?;
-            match base {
-                "W_enc" => format!("/layers/{i}/w"),
-                "b_enc" => format!("/layers/{i}/b"),
-                _ => return None,
-            }
-        }
-    };
-    model.pointer_mut(&format!("/{kind}{rel}"))
 }

@@ -164,6 +164,23 @@ impl Matrix {
         ))
     }
 
+    /// Lowercase hex SHA-256 of the shape and the entries' bits: equal
+    /// fingerprints mean bit-identical matrices (for a negligible collision chance).
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update((self.rows as u64).to_le_bytes());
+        hasher.update((self.cols as u64).to_le_bytes());
+        for v in &self.data {
+            hasher.update(v.to_bits().to_le_bytes());
+        }
+        hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     /// Fails with [`Error::NonFinite`] at the first NaN or infinity.
     pub fn check_finite(&self, what: &str) -> Result<()> {
         match self.data.iter().position(|v| !v.is_finite()) {

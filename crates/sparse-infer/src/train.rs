@@ -1,6 +1,7 @@
-//! `sparse-infer train --config FILE.toml`: full-batch training of a
-//! learned-dictionary model on a `.npy` data set, with atomic, resumable
-//! checkpoints (see `sparse_core::checkpoint`).
+//! `sparse-infer train --config FILE.toml`: training of a learned-dictionary
+//! model (or LISTA against a given dictionary) on a `.npy` data set, full
+//! batch or in seeded mini-batches, with atomic, resumable checkpoints (see
+//! `sparse_core::checkpoint`).
 //!
 //! Rerunning the same command after an interruption resumes from the
 //! checkpoint in `out` and ends with exactly the numbers of an uninterrupted
@@ -8,10 +9,15 @@
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use sparse_core::checkpoint::{self, Checkpoint, Model};
+use sparse_core::checkpoint::{self, Checkpoint, ListaModel, Model};
+use sparse_core::data::MiniBatches;
 use sparse_core::dictionary::autoencoder::{Autoencoder, AutoencoderConfig};
+use sparse_core::dictionary::jumprelu::{JumpReluConfig, JumpReluSae};
+use sparse_core::dictionary::matryoshka::{MatryoshkaConfig, MatryoshkaSae};
+use sparse_core::dictionary::mp_sae::{MpSae, MpSaeConfig};
 use sparse_core::dictionary::sparse_coding::{SparseCoding, SparseCodingConfig};
 use sparse_core::dictionary::topk::{TopKConfig, TopKSae};
+use sparse_core::encoders::lista::{Lista, ListaConfig};
 use sparse_core::io::read_npy;
 use std::path::{Path, PathBuf};
 
@@ -19,29 +25,46 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TrainMethod {
-    /// One linear-ReLU layer encoder (SAE) with a learned dictionary.
+    /// One linear-ReLU layer encoder (SAE) with a learned dictionary, L1 penalty.
     Sae,
     /// Two-layer MLP encoder of width `hidden`.
     Mlp,
     /// TopK SAE with `k` active latents per sample.
     Topk,
+    /// BatchTopK SAE: `k · batch` active latents per batch.
+    Batchtopk,
+    /// JumpReLU SAE (learned thresholds, L0 penalty).
+    Jumprelu,
+    /// Matryoshka BatchTopK SAE with nested prefixes `widths`.
+    Matryoshka,
+    /// Matching-pursuit SAE (`k` greedy steps on the learned dictionary).
+    MpSae,
     /// Alternating FISTA codes / MOD dictionary updates.
     SparseCoding,
+    /// LISTA trained against the frozen dictionary `dictionary`.
+    Lista,
 }
 
 impl TrainMethod {
+    /// The name users write in the configuration.
     fn name(self) -> &'static str {
         match self {
             TrainMethod::Sae => "sae",
             TrainMethod::Mlp => "mlp",
             TrainMethod::Topk => "topk",
+            TrainMethod::Batchtopk => "batchtopk",
+            TrainMethod::Jumprelu => "jumprelu",
+            TrainMethod::Matryoshka => "matryoshka",
+            TrainMethod::MpSae => "mp-sae",
             TrainMethod::SparseCoding => "sparse-coding",
+            TrainMethod::Lista => "lista",
         }
     }
 }
 
 /// The TOML training configuration. Relative paths are relative to the
-/// folder of the configuration file.
+/// folder of the configuration file. Optional fields apply to some methods
+/// only (see [`APPLIES_TO`]); setting one for another method is an error.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
@@ -51,27 +74,66 @@ pub struct TrainConfig {
     pub data: PathBuf,
     /// Number of latents `N`.
     pub n_latents: usize,
-    /// Total training steps (full batch).
+    /// Total training steps (each on one batch).
     pub steps: u64,
     /// Steps between checkpoints (default: 100); the last step always writes one.
     #[serde(default = "default_every")]
     pub checkpoint_every: u64,
     /// Checkpoint folder.
     pub out: PathBuf,
-    /// Seed of the initialisation (and of resampling).
+    /// Seed of the initialisation, of resampling and of the batch order.
     #[serde(default)]
     pub seed: u64,
-    /// Sparsity weight (sae, mlp: paper scale; sparse-coding: lasso scale).
+    /// Samples per step, drawn without replacement from a seeded shuffle of
+    /// the data redone every epoch (the last incomplete batch of an epoch is
+    /// skipped); absent: every step sees the full data set.
+    pub batch_size: Option<usize>,
+    /// Sparsity weight (sae, mlp: the paper's scale; sparse-coding, lista: lasso scale).
     pub lambda: Option<f32>,
-    /// Adam learning rate (sae, mlp, topk).
+    /// Adam learning rate.
     pub lr: Option<f32>,
-    /// Active latents per sample (topk, required).
+    /// Active latents per sample (topk, batchtopk, matryoshka, mp-sae: required).
     pub k: Option<usize>,
     /// Hidden width (mlp, required).
     pub hidden: Option<usize>,
     /// FISTA iterations per step (sparse-coding).
     pub fista_iters: Option<usize>,
+    /// Initial threshold θ of every latent (jumprelu; default 0.001 as SAELens).
+    pub threshold: Option<f32>,
+    /// Straight-through kernel bandwidth (jumprelu; default 0.001 as SAELens).
+    pub bandwidth: Option<f32>,
+    /// L0 penalty weight (jumprelu; default 1).
+    pub l0_coefficient: Option<f32>,
+    /// Nested prefix sizes ending at `n_latents` (matryoshka; default N/4, N/2, N).
+    pub widths: Option<Vec<usize>>,
+    /// The frozen dictionary `D (n_latents × M)` as `.npy` (lista, required).
+    pub dictionary: Option<PathBuf>,
+    /// Unrolled layers (lista; default 8).
+    pub layers: Option<usize>,
 }
+
+/// The methods each optional field applies to.
+const APPLIES_TO: &[(&str, &[TrainMethod])] = {
+    use TrainMethod::*;
+    &[
+        ("lambda", &[Sae, Mlp, SparseCoding, Lista]),
+        (
+            "lr",
+            &[
+                Sae, Mlp, Topk, Batchtopk, Jumprelu, Matryoshka, MpSae, Lista,
+            ],
+        ),
+        ("k", &[Topk, Batchtopk, Matryoshka, MpSae]),
+        ("hidden", &[Mlp]),
+        ("fista_iters", &[SparseCoding]),
+        ("threshold", &[Jumprelu]),
+        ("bandwidth", &[Jumprelu]),
+        ("l0_coefficient", &[Jumprelu]),
+        ("widths", &[Matryoshka]),
+        ("dictionary", &[Lista]),
+        ("layers", &[Lista]),
+    ]
+};
 
 fn default_every() -> u64 {
     100
@@ -79,67 +141,124 @@ fn default_every() -> u64 {
 
 impl TrainConfig {
     /// The fields that fix the trajectory: everything but `steps`,
-    /// `checkpoint_every`, `out` and the data path (the data's hash is checked instead).
+    /// `checkpoint_every`, `out` and the data paths (the data's hash is checked instead).
     fn identity(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self).expect("config serialises");
         if let Some(o) = v.as_object_mut() {
-            for k in ["steps", "checkpoint_every", "out", "data"] {
+            for k in ["steps", "checkpoint_every", "out", "data", "dictionary"] {
                 o.remove(k);
             }
         }
         v
     }
 
-    fn build(&self, dim: usize) -> Result<Model> {
-        let m = self.method.name();
-        let not_for = |field: &str, given: bool| -> Result<()> {
-            if given {
-                bail!("`{field}` does not apply to method {m}");
+    /// Fails if an optional field is set for a method it does not apply to.
+    fn check_applicable(&self) -> Result<()> {
+        let v = serde_json::to_value(self)?;
+        for (field, methods) in APPLIES_TO {
+            let given = v.get(field).is_some_and(|x| !x.is_null());
+            if given && !methods.contains(&self.method) {
+                let names: Vec<&str> = methods.iter().map(|m| m.name()).collect();
+                bail!(
+                    "`{field}` does not apply to method {} (only to {})",
+                    self.method.name(),
+                    names.join(", ")
+                );
             }
-            Ok(())
+        }
+        Ok(())
+    }
+
+    /// `k`, required by the methods that select a fixed number of latents.
+    fn k(&self) -> Result<usize> {
+        self.k
+            .with_context(|| format!("method {} needs `k`", self.method.name()))
+    }
+
+    /// A freshly initialised model for data of dimension `dim`.
+    fn build(&self, dim: usize) -> Result<Model> {
+        self.check_applicable()?;
+        let (n, seed) = (self.n_latents, self.seed);
+        let with_lr = |adam: &mut sparse_core::optim::AdamConfig| {
+            if let Some(lr) = self.lr {
+                adam.lr = lr;
+            }
         };
         Ok(match self.method {
             TrainMethod::Sae | TrainMethod::Mlp => {
-                not_for("k", self.k.is_some())?;
-                not_for("fista_iters", self.fista_iters.is_some())?;
                 let mut c = if self.method == TrainMethod::Mlp {
                     let hidden = self.hidden.context("method mlp needs `hidden`")?;
-                    AutoencoderConfig::paper_mlp(self.n_latents, dim, hidden, self.seed)
+                    AutoencoderConfig::paper_mlp(n, dim, hidden, seed)
                 } else {
-                    not_for("hidden", self.hidden.is_some())?;
-                    AutoencoderConfig::paper_sae(self.n_latents, dim, self.seed)
+                    AutoencoderConfig::paper_sae(n, dim, seed)
                 };
                 if let Some(l) = self.lambda {
                     c.lambda = l;
                 }
-                if let Some(lr) = self.lr {
-                    c.adam.lr = lr;
-                }
+                with_lr(&mut c.adam);
                 Model::Autoencoder(Box::new(Autoencoder::new(c)?))
             }
-            TrainMethod::Topk => {
-                not_for("lambda", self.lambda.is_some())?;
-                not_for("hidden", self.hidden.is_some())?;
-                not_for("fista_iters", self.fista_iters.is_some())?;
-                let k = self.k.context("method topk needs `k`")?;
-                let mut c = TopKConfig::topk(self.n_latents, dim, k, self.seed);
-                if let Some(lr) = self.lr {
-                    c.adam.lr = lr;
-                }
+            TrainMethod::Topk | TrainMethod::Batchtopk => {
+                let mut c = if self.method == TrainMethod::Topk {
+                    TopKConfig::topk(n, dim, self.k()?, seed)
+                } else {
+                    TopKConfig::batch_topk(n, dim, self.k()?, seed)
+                };
+                with_lr(&mut c.adam);
                 Model::TopK(Box::new(TopKSae::new(c)?))
             }
+            TrainMethod::Jumprelu => {
+                let mut c = JumpReluConfig::new(n, dim, seed);
+                c.threshold = self.threshold.unwrap_or(c.threshold);
+                c.bandwidth = self.bandwidth.unwrap_or(c.bandwidth);
+                c.l0_coefficient = self.l0_coefficient.unwrap_or(c.l0_coefficient);
+                with_lr(&mut c.adam);
+                Model::JumpRelu(Box::new(JumpReluSae::new(c)?))
+            }
+            TrainMethod::Matryoshka => {
+                let widths = match &self.widths {
+                    Some(w) => w.clone(),
+                    None => {
+                        let mut w = vec![(n / 4).max(1), (n / 2).max(1), n];
+                        w.dedup();
+                        w
+                    }
+                };
+                let mut c = MatryoshkaConfig::new(n, dim, self.k()?, widths, seed);
+                with_lr(&mut c.sae.adam);
+                Model::Matryoshka(Box::new(MatryoshkaSae::new(c)?))
+            }
+            TrainMethod::MpSae => {
+                let mut c = MpSaeConfig::new(n, dim, self.k()?, seed);
+                with_lr(&mut c.adam);
+                Model::MpSae(Box::new(MpSae::new(c)?))
+            }
             TrainMethod::SparseCoding => {
-                not_for("lr", self.lr.is_some())?;
-                not_for("k", self.k.is_some())?;
-                not_for("hidden", self.hidden.is_some())?;
-                let mut c = SparseCodingConfig::new(self.n_latents, dim, self.seed);
-                if let Some(l) = self.lambda {
-                    c.lambda = l;
-                }
-                if let Some(i) = self.fista_iters {
-                    c.fista_iters = i;
-                }
+                let mut c = SparseCodingConfig::new(n, dim, seed);
+                c.lambda = self.lambda.unwrap_or(c.lambda);
+                c.fista_iters = self.fista_iters.unwrap_or(c.fista_iters);
                 Model::SparseCoding(Box::new(SparseCoding::new(c)?))
+            }
+            TrainMethod::Lista => {
+                let path = self
+                    .dictionary
+                    .as_ref()
+                    .context("method lista needs `dictionary` (the frozen D as .npy)")?;
+                let dictionary = read_npy(path)?;
+                dictionary.check_finite(&format!("dictionary ({})", path.display()))?;
+                if dictionary.shape() != (n, dim) {
+                    bail!(
+                        "{}: dictionary has shape {:?}, expected (n_latents, dim) = ({n}, {dim})",
+                        path.display(),
+                        dictionary.shape()
+                    );
+                }
+                let mut c = ListaConfig::default();
+                c.layers = self.layers.unwrap_or(c.layers);
+                c.lambda = self.lambda.unwrap_or(c.lambda);
+                c.lr = self.lr.unwrap_or(c.lr);
+                let lista = Lista::from_dictionary(&dictionary, c)?;
+                Model::Lista(Box::new(ListaModel { lista, dictionary }))
             }
         })
     }
@@ -164,6 +283,16 @@ pub fn read_config(path: &Path) -> Result<TrainConfig> {
     if c.checkpoint_every == 0 {
         bail!("{}: `checkpoint_every` must be at least 1", path.display());
     }
+    if c.batch_size == Some(0) {
+        bail!("{}: `batch_size` must be at least 1", path.display());
+    }
+    if let Some(d) = c.dictionary.as_mut() {
+        if d.is_relative() {
+            *d = base.join(&*d);
+        }
+    }
+    c.check_applicable()
+        .with_context(|| format!("{}: invalid training configuration", path.display()))?;
     Ok(c)
 }
 
@@ -221,11 +350,24 @@ pub fn train(config_path: &Path, progress: indicatif::ProgressBar) -> Result<()>
             model: cfg.build(x.cols())?,
         }
     };
+    let mut batches = match cfg.batch_size {
+        Some(b) if b > x.rows() => bail!(
+            "batch_size = {b} exceeds the {} samples of {}",
+            x.rows(),
+            cfg.data.display()
+        ),
+        Some(b) => Some(MiniBatches::new(cfg.seed, b, &x)?),
+        None => None,
+    };
     let resumed_from = ckpt.step;
     progress.set_length(cfg.steps);
     progress.set_position(ckpt.step);
     while ckpt.step < cfg.steps {
-        let loss = ckpt.model.train_step(&x)?;
+        let batch = match batches.as_mut() {
+            Some(b) => b.batch(&x, ckpt.step),
+            None => &x,
+        };
+        let loss = ckpt.model.train_step(batch)?;
         ckpt.step += 1;
         ckpt.last_loss = Some(f64::from(loss));
         progress.set_position(ckpt.step);

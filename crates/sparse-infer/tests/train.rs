@@ -36,27 +36,63 @@ fn synth(dir: &Path) -> PathBuf {
     out.join("data.npy")
 }
 
-/// Writes a config for `method` and returns its path.
+/// Every trainable case: (name, method, method-specific lines). `DICT` stands
+/// for the synthetic data's true dictionary (LISTA's frozen one).
+const CASES: &[(&str, &str, &str)] = &[
+    ("sae", "sae", "lambda = 0.02\nlr = 0.003\n"),
+    ("mlp", "mlp", "hidden = 12\nlr = 0.003\n"),
+    ("topk", "topk", "k = 3\nlr = 0.003\n"),
+    ("batchtopk", "batchtopk", "k = 3\nlr = 0.003\n"),
+    (
+        "jumprelu",
+        "jumprelu",
+        "threshold = 0.05\nbandwidth = 0.05\nl0_coefficient = 0.01\nlr = 0.003\n",
+    ),
+    (
+        "matryoshka",
+        "matryoshka",
+        "k = 3\nwidths = [4, 16]\nlr = 0.003\n",
+    ),
+    ("mp-sae", "mp-sae", "k = 3\nlr = 0.003\n"),
+    (
+        "sparse-coding",
+        "sparse-coding",
+        "lambda = 0.05\nfista_iters = 10\n",
+    ),
+    (
+        "lista",
+        "lista",
+        "dictionary = DICT\nlayers = 4\nlambda = 0.05\n",
+    ),
+    (
+        "sae-minibatch",
+        "sae",
+        "lambda = 0.02\nlr = 0.003\nbatch_size = 48\n",
+    ),
+    (
+        "sparse-coding-minibatch",
+        "sparse-coding",
+        "lambda = 0.05\nfista_iters = 10\nbatch_size = 32\n",
+    ),
+];
+
+/// Writes a config for the case `case` (see [`CASES`]) and returns its path.
 fn config(
     dir: &Path,
     name: &str,
-    method: &str,
+    case: &str,
     data: &Path,
     out: &Path,
     steps: u64,
     every: u64,
 ) -> PathBuf {
-    let extra = match method {
-        "sae" => "lambda = 0.02\nlr = 0.003\n",
-        "mlp" => "hidden = 12\nlr = 0.003\n",
-        "topk" => "k = 3\nlr = 0.003\n",
-        "sparse-coding" => "lambda = 0.05\nfista_iters = 10\n",
-        _ => unreachable!(),
-    };
+    let (_, method, extra) = CASES.iter().find(|c| c.0 == case).expect("known case");
+    let dictionary = format!("{:?}", s(&data.with_file_name("dictionary.npy")));
     let text = format!(
-        "method = \"{method}\"\ndata = {:?}\nn_latents = 16\nsteps = {steps}\ncheckpoint_every = {every}\nout = {:?}\nseed = 7\n{extra}",
+        "method = \"{method}\"\ndata = {:?}\nn_latents = 16\nsteps = {steps}\ncheckpoint_every = {every}\nout = {:?}\nseed = 7\n{}",
         s(data),
-        s(out)
+        s(out),
+        extra.replace("DICT", &dictionary)
     );
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
@@ -77,7 +113,7 @@ fn full_state(dir: &Path) -> (Value, u64) {
 fn resumed_training_is_bit_identical_to_uninterrupted_for_every_method() {
     let tmp = tempfile::tempdir().unwrap();
     let data = synth(tmp.path());
-    for method in ["sae", "mlp", "topk", "sparse-coding"] {
+    for &(method, _, _) in CASES {
         let full = tmp.path().join(format!("{method}-full"));
         let split = tmp.path().join(format!("{method}-split"));
         let a = train(&config(tmp.path(), "a.toml", method, &data, &full, 200, 50));
@@ -128,7 +164,47 @@ fn resumed_training_is_bit_identical_to_uninterrupted_for_every_method() {
         ));
         assert_eq!(again["resumed_from"], 200);
         assert_eq!(again["final_loss"], a["final_loss"]);
+        assert_state_is_parameters_and_optimiser_only(&full, method);
     }
+}
+
+/// `state.json` holds the training state (optimiser moments, counters,
+/// RNG), never scratch buffers: it has at most two numbers (Adam's moments)
+/// per weight, plus sparse coding's warm-start codes (n × N), plus a little.
+fn assert_state_is_parameters_and_optimiser_only(dir: &Path, case: &str) {
+    fn count_numbers(v: &Value) -> usize {
+        match v {
+            Value::Number(_) => 1,
+            Value::Array(a) => a.iter().map(count_numbers).sum(),
+            Value::Object(o) => o.values().map(count_numbers).sum(),
+            _ => 0,
+        }
+    }
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("state.json")).unwrap()).unwrap();
+    let weights: usize = state["tensors"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|shape| {
+            shape
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap() as usize)
+                .product::<usize>()
+        })
+        .sum();
+    let warm_start = if case.starts_with("sparse-coding") {
+        128 * 16
+    } else {
+        0
+    };
+    let numbers = count_numbers(&state["model"]);
+    assert!(
+        numbers <= 2 * weights + warm_start + 300,
+        "{case}: state.json holds {numbers} numbers for {weights} weights"
+    );
 }
 
 #[test]
@@ -263,6 +339,52 @@ fn damaged_or_mismatched_checkpoints_give_one_line_errors() {
     let cfg = config(tmp.path(), "other3.toml", "topk", &other_data, &out, 40, 10);
     fails_with(&["train", "--config", &s(&cfg)], &["SHA-256"]);
 
+    // Options of another method, missing required options, impossible batches.
+    let bad = |name: &str, text: &str| {
+        let p = tmp.path().join(name);
+        std::fs::write(
+            &p,
+            format!("data = {x:?}\nn_latents = 16\nsteps = 1\nout = \"o\"\n{text}"),
+        )
+        .unwrap();
+        p
+    };
+    let cfg = bad("k-for-sae.toml", "method = \"sae\"\nk = 3\n");
+    fails_with(
+        &["train", "--config", &s(&cfg)],
+        &["k-for-sae.toml", "`k` does not apply to method sae", "topk"],
+    );
+    let cfg = bad("lista-no-d.toml", "method = \"lista\"\n");
+    fails_with(
+        &["train", "--config", &s(&cfg)],
+        &["lista needs `dictionary`"],
+    );
+    let wrong_d = tmp.path().join("wrong-d.npy");
+    sparse_core::io::write_npy(
+        &wrong_d,
+        &sparse_core::matrix::Matrix::zeros(15, 8),
+        sparse_core::io::NpyDtype::F32,
+    )
+    .unwrap();
+    let cfg = bad(
+        "lista-wrong-d.toml",
+        &format!("method = \"lista\"\ndictionary = {:?}\n", s(&wrong_d)),
+    );
+    fails_with(
+        &["train", "--config", &s(&cfg)],
+        &["wrong-d.npy", "(15, 8)", "(16, 8)"],
+    );
+    let cfg = bad(
+        "big-batch.toml",
+        "method = \"topk\"\nk = 2\nbatch_size = 129\n",
+    );
+    fails_with(
+        &["train", "--config", &s(&cfg)],
+        &["batch_size = 129", "128 samples", "data.npy"],
+    );
+    let cfg = bad("no-k.toml", "method = \"mp-sae\"\n");
+    fails_with(&["train", "--config", &s(&cfg)], &["mp-sae needs `k`"]);
+
     // Unknown configuration fields.
     let cfg = tmp.path().join("unknown.toml");
     std::fs::write(&cfg, format!("method = \"sae\"\ndata = {x:?}\nn_latents = 4\nsteps = 1\nout = \"o\"\nlearning_rate = 1.0\n")).unwrap();
@@ -277,7 +399,7 @@ fn encode_with_model_equals_the_models_own_encode() {
     let tmp = tempfile::tempdir().unwrap();
     let data = synth(tmp.path());
     let x = read_npy(&data).unwrap();
-    for method in ["sae", "mlp", "topk", "sparse-coding"] {
+    for &(method, name, _) in CASES {
         let out = tmp.path().join(method);
         train(&config(tmp.path(), "c.toml", method, &data, &out, 30, 10));
         let zpath = tmp.path().join(format!("{method}-z.npy"));
@@ -293,7 +415,7 @@ fn encode_with_model_equals_the_models_own_encode() {
         assert_eq!(r["shape"], serde_json::json!([128, 16]));
         let z = read_npy(&zpath).unwrap();
         let c = checkpoint::load(&out).unwrap();
-        assert_eq!(c.method, method);
+        assert_eq!(c.method, name);
         assert_eq!(z, c.model.encode(&x).unwrap(), "{method}");
     }
     // --model excludes the per-sample solver's options.

@@ -134,12 +134,14 @@ pub struct Autoencoder {
     dict_opt: UnitNormAdam,
     /// `None` without a decoder bias, so that no state or update exists for it.
     b_dec_adam: Option<Adam>,
+    /// Scratch buffers: not part of the model's state, so not serialised.
+    #[serde(skip)]
     work: Work,
 }
 
 /// Buffers of one training step, sized for the last batch so that steps on
 /// batches of the same size do not allocate.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug)]
 struct Work {
     /// Output of each encoder layer; the last is `Z (n × N)`.
     acts: Vec<Matrix>,
@@ -332,6 +334,10 @@ impl Autoencoder {
         // Lend the buffers out (an empty Work allocates nothing) so that the
         // forward/backward can borrow the parameters while writing into them.
         let mut work = std::mem::take(&mut self.work);
+        if work.grads.is_empty() {
+            // A deserialised model starts without buffers.
+            work = Work::new(x.rows(), &self.config);
+        }
         let loss = self.forward_backward(x, &mut work);
         if let Err(e) = check_loss(loss) {
             self.work = work;

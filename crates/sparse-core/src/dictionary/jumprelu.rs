@@ -105,7 +105,7 @@ pub struct JumpReluGradients {
 }
 
 /// A JumpReLU SAE with a learned unit-norm dictionary.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct JumpReluSae {
     config: JumpReluConfig,
     encoder: LinearReluLayer,

@@ -93,7 +93,7 @@ pub struct MpSaeGradients {
 }
 
 /// A matching-pursuit SAE with a learned unit-norm dictionary.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MpSae {
     config: MpSaeConfig,
     pursuit: MatchingPursuit,

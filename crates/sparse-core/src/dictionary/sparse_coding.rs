@@ -126,8 +126,9 @@ pub struct SparseCoding {
     rng: ChaCha8Rng,
     /// Present with [`DictionaryUpdate::Adam`].
     adam: Option<UnitNormAdam>,
-    /// The last batch and its codes, for warm starts.
-    last: Option<(Matrix, Matrix)>,
+    /// The last batch's [`Matrix::fingerprint`] and its codes, for warm
+    /// starts (a fingerprint, not the batch, keeps checkpoints small).
+    last: Option<(String, Matrix)>,
     last_flops: f64,
     last_resampled: usize,
 }
@@ -239,8 +240,9 @@ impl SparseCoding {
         let (nf, nlf, mf) = (n as f64, nl as f64, m as f64);
 
         // (a) Codes, warm-started on the same batch.
+        let fingerprint = x.fingerprint();
         let init = match &self.last {
-            Some((prev_x, z)) if prev_x == x => Some(z),
+            Some((prev, z)) if *prev == fingerprint => Some(z),
             _ => None,
         };
         let enc = self.fista.solve(x, &self.dictionary, init, None)?;
@@ -358,7 +360,7 @@ impl SparseCoding {
             })?;
 
         self.dictionary = d;
-        self.last = Some((x.clone(), z));
+        self.last = Some((fingerprint, z));
         self.last_flops = flops;
         self.last_resampled = resampled;
         Ok(objective as f32)

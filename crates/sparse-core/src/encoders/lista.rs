@@ -32,7 +32,7 @@ use crate::matrix::Matrix;
 use crate::optim::{Adam, AdamConfig, ADAM_FLOPS_PER_PARAM};
 
 /// LISTA settings.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ListaConfig {
     /// Number of unrolled layers `T` (≥ 1).
     pub layers: usize,
@@ -86,7 +86,7 @@ pub struct ListaGradients {
 }
 
 /// A LISTA encoder: `T` unrolled, learned ISTA layers (see the module docs).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Lista {
     config: ListaConfig,
     n_latents: usize,

@@ -23,7 +23,7 @@ use crate::matrix::Matrix;
 use rayon::prelude::*;
 
 /// Where the products `G = D·Dᵀ` and `C = X·Dᵀ` come from.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Products {
     /// [`Products::Precomputed`] when `N ≤ n·k`, else [`Products::OnTheFly`]: precomputing
     /// costs `2N²M + 2nNM` FLOPs against at most `2nNM(k + 1)` on the fly.
@@ -38,7 +38,7 @@ pub enum Products {
 /// Matching pursuit: `k` greedy steps per sample, each adding to the codes the
 /// projection of the residual on the best atom (an atom may be chosen again,
 /// and its coefficient then accumulates).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct MatchingPursuit {
     /// Number of greedy steps (≥ 1, ≤ the number of latents).
     pub k: usize,
