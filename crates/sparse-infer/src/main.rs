@@ -15,6 +15,7 @@ use sparse_study::learned_dictionary::LearnedDictionaryConfig;
 use sparse_study::StudyReport;
 use std::path::{Path, PathBuf};
 
+mod bench;
 mod train;
 
 /// Sparse inference and dictionary learning: synthetic data, encoders, metrics and studies.
@@ -39,6 +40,11 @@ enum Command {
     Reproduce(ReproduceArgs),
     /// Measure the amortisation gap for one (N, M, K): best supervised encoders vs per-sample inference; prints JSON.
     Gap(GapArgs),
+    /// Benchmark our hot paths against PyTorch, numpy and scikit-learn, side by side.
+    Bench(bench::BenchArgs),
+    /// Run one benchmark kernel (used by `bench` in its child processes).
+    #[command(hide = true)]
+    BenchKernel(bench::BenchKernelArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -241,6 +247,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => train::train(&a.config, progress_bar()),
         Command::Reproduce(a) => reproduce(a),
         Command::Gap(a) => gap(a),
+        Command::Bench(a) => bench::bench(a),
+        Command::BenchKernel(a) => bench::bench_kernel(a),
     }
 }
 

@@ -21,7 +21,8 @@
 
 use super::topk::{
     add_sparse_times_dense, code_gradients, decoder_bias_gradient, initial_parameters,
-    pre_activations, select_above, sparse_decode_backward, sparse_encoder_backward, SparseCodes,
+    pre_activations, select_above, sparse_decode_backward, sparse_encoder_backward,
+    EncoderBackwardScratch, SparseCodes,
 };
 use super::unit_norm::UnitNormAdam;
 use crate::encoders::sae::{
@@ -279,7 +280,13 @@ impl JumpReluSae {
             &mut code_grads,
             &mut p.d_dict,
         );
-        sparse_encoder_backward(&p.codes, &code_grads, &p.centred, &mut p.grads);
+        sparse_encoder_backward(
+            &p.codes,
+            &code_grads,
+            &p.centred,
+            &mut p.grads,
+            &mut EncoderBackwardScratch::default(),
+        );
         decoder_bias_gradient(&p.residual, &self.encoder, &p.grads.db, &mut p.d_b_dec);
         // Threshold: entries inside the kernel window, active or not.
         let theta = self.threshold();

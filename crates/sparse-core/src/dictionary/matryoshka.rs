@@ -34,7 +34,7 @@
 use super::topk::{
     add_sparse_times_dense, decoder_bias_gradient, initial_parameters, pre_activations,
     select_above, select_batch, select_dead, sparse_decode_backward, sparse_encoder_backward,
-    SparseCodes, TopKConfig, TopKGradients, TopKSelection,
+    EncoderBackwardScratch, SparseCodes, TopKConfig, TopKGradients, TopKSelection,
 };
 use super::unit_norm::UnitNormAdam;
 use crate::encoders::sae::{
@@ -384,10 +384,11 @@ impl MatryoshkaSae {
         }
         let mut d_dict = Matrix::zeros(nl, m);
         let mut grads = LayerGrads::new(m, nl);
+        let mut scratch = EncoderBackwardScratch::default();
         let mut code_grads = Vec::new();
         for (g, out_grad) in pass.groups.iter().zip(&pass.residuals) {
             sparse_decode_backward(g, &self.dictionary, out_grad, &mut code_grads, &mut d_dict);
-            sparse_encoder_backward(g, &code_grads, &pass.centred, &mut grads);
+            sparse_encoder_backward(g, &code_grads, &pass.centred, &mut grads, &mut scratch);
         }
         if pass.aux_weight > 0.0 {
             let aux_scale = (2.0 * pass.aux_weight / count) as f32;
@@ -402,7 +403,13 @@ impl MatryoshkaSae {
                 &mut code_grads,
                 &mut d_dict,
             );
-            sparse_encoder_backward(&pass.aux, &code_grads, &pass.centred, &mut grads);
+            sparse_encoder_backward(
+                &pass.aux,
+                &code_grads,
+                &pass.centred,
+                &mut grads,
+                &mut scratch,
+            );
         }
         let mut d_b_dec = vec![0.0; m];
         decoder_bias_gradient(&pass.residuals[0], &self.encoder, &grads.db, &mut d_b_dec);

@@ -65,6 +65,7 @@ use crate::matrix::Matrix;
 use crate::optim::{Adam, AdamConfig, ADAM_FLOPS_PER_PARAM};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
 
@@ -358,30 +359,59 @@ pub(super) fn select_dead(
 /// `out_i += Σ_e value_e · D_{latent_e}` over the entries of each sample:
 /// a sparse × dense product, `2·M` FLOPs per entry.
 pub(super) fn add_sparse_times_dense(codes: &SparseCodes, d: &Matrix, out: &mut Matrix) {
-    for i in 0..codes.rows() {
-        let row = out.row_mut(i);
+    let m = out.cols();
+    let row = |(i, row): (usize, &mut [f32])| {
         for e in codes.row(i) {
             let v = codes.value[e];
             row.iter_mut()
                 .zip(d.row(codes.latent[e]))
                 .for_each(|(o, &a)| *o += v * a);
         }
+    };
+    // Rows are independent: parallel on large batches, same numbers either way.
+    if codes.latent.len() * m >= SPARSE_BACKWARD_LARGE {
+        out.as_mut_slice()
+            .par_chunks_mut(m)
+            .enumerate()
+            .for_each(row);
+    } else {
+        out.as_mut_slice().chunks_mut(m).enumerate().for_each(row);
     }
 }
 
 /// `grads_e = ⟨g_i, D_j⟩` for each entry `e = (i, j)`: `∂L/∂value` of a
 /// sparse decode with output gradient `g (n × M)`. `2·M` FLOPs per entry.
 pub(super) fn code_gradients(codes: &SparseCodes, d: &Matrix, g: &Matrix, grads: &mut Vec<f32>) {
+    let dot = |e: usize, i: usize| -> f32 {
+        let s: f64 = g
+            .row(i)
+            .iter()
+            .zip(d.row(codes.latent[e]))
+            .map(|(&a, &b)| a as f64 * b as f64)
+            .sum();
+        s as f32
+    };
     grads.clear();
-    for i in 0..codes.rows() {
-        let gi = g.row(i);
-        for e in codes.row(i) {
-            let dot: f64 = gi
-                .iter()
-                .zip(d.row(codes.latent[e]))
-                .map(|(&a, &b)| a as f64 * b as f64)
-                .sum();
-            grads.push(dot as f32);
+    grads.resize(codes.latent.len(), 0.0);
+    // Entries are independent: parallel over samples on large batches.
+    if codes.latent.len() * g.cols() >= SPARSE_BACKWARD_LARGE {
+        let mut by_row: Vec<&mut [f32]> = Vec::with_capacity(codes.rows());
+        let mut rest: &mut [f32] = grads;
+        for i in 0..codes.rows() {
+            let (head, tail) = rest.split_at_mut(codes.row(i).len());
+            by_row.push(head);
+            rest = tail;
+        }
+        by_row.into_par_iter().enumerate().for_each(|(i, out)| {
+            for (o, e) in out.iter_mut().zip(codes.row(i)) {
+                *o = dot(e, i);
+            }
+        });
+    } else {
+        for i in 0..codes.rows() {
+            for e in codes.row(i) {
+                grads[e] = dot(e, i);
+            }
         }
     }
 }
@@ -410,6 +440,17 @@ pub(super) fn sparse_decode_backward(
     }
 }
 
+/// Buffers of [`sparse_encoder_backward`]'s large-problem path, kept by the
+/// caller so that steps do not allocate: the entries grouped by latent, and
+/// the gradient transposed (`N × M`, one contiguous row per latent).
+#[derive(Clone, Debug, Default)]
+pub(super) struct EncoderBackwardScratch {
+    /// Entries of latent `j`: `by_latent[start[j]..start[j + 1]]`, in sample order.
+    start: Vec<usize>,
+    by_latent: Vec<(u32, f32)>,
+    transposed: Vec<f32>,
+}
+
 /// Straight-through backward to the encoder for sparse `∂L/∂pre` entries:
 /// `dW[:, j] += input_iᵀ·δ_e`, `db_j += δ_e`. `2·M + 1` FLOPs per entry.
 pub(super) fn sparse_encoder_backward(
@@ -417,20 +458,87 @@ pub(super) fn sparse_encoder_backward(
     deltas: &[f32],
     input: &Matrix,
     grads: &mut LayerGrads,
+    scratch: &mut EncoderBackwardScratch,
 ) {
     let nl = grads.dw.cols();
-    for i in 0..codes.rows() {
-        let xi = input.row(i);
-        for e in codes.row(i) {
-            let (j, delta) = (codes.latent[e], deltas[e]);
-            let dw = grads.dw.as_mut_slice();
-            for (m, &xv) in xi.iter().enumerate() {
-                dw[m * nl + j] += xv * delta;
+    let dim = input.cols();
+    for (&j, &delta) in codes.latent.iter().zip(deltas) {
+        grads.db[j] += delta;
+    }
+    if codes.latent.len() * dim < SPARSE_BACKWARD_LARGE {
+        // Small problems: straight into W_enc's layout (column j strides N floats).
+        let dw = grads.dw.as_mut_slice();
+        for i in 0..codes.rows() {
+            for e in codes.row(i) {
+                let (j, delta) = (codes.latent[e], deltas[e]);
+                for (m, &xv) in input.row(i).iter().enumerate() {
+                    dw[m * nl + j] += xv * delta;
+                }
             }
-            grads.db[j] += delta;
+        }
+        return;
+    }
+    // Large problems: per latent, sum `δ·x_i` over its samples into a
+    // contiguous row (vectorised, latents in parallel), then add the
+    // transpose into ∂W_enc tile by tile. Both orders are fixed: deterministic.
+    let s = scratch;
+    s.start.clear();
+    s.start.resize(nl + 1, 0);
+    for &j in &codes.latent {
+        s.start[j + 1] += 1;
+    }
+    for j in 0..nl {
+        s.start[j + 1] += s.start[j];
+    }
+    s.by_latent.clear();
+    s.by_latent.resize(codes.latent.len(), (0, 0.0));
+    let mut fill = s.start.clone();
+    for i in 0..codes.rows() {
+        for e in codes.row(i) {
+            let j = codes.latent[e];
+            s.by_latent[fill[j]] = (i as u32, deltas[e]);
+            fill[j] += 1;
         }
     }
+    s.transposed.resize(nl * dim, 0.0);
+    let (start, by_latent) = (&s.start, &s.by_latent);
+    s.transposed
+        .par_chunks_mut(dim)
+        .enumerate()
+        .for_each(|(j, row)| {
+            row.iter_mut().for_each(|v| *v = 0.0);
+            for &(i, delta) in &by_latent[start[j]..start[j + 1]] {
+                row.iter_mut()
+                    .zip(input.row(i as usize))
+                    .for_each(|(r, &xv)| *r += xv * delta);
+            }
+        });
+    const TILE: usize = 32;
+    let transposed = &s.transposed;
+    grads
+        .dw
+        .as_mut_slice()
+        .par_chunks_mut(nl * TILE)
+        .enumerate()
+        .for_each(|(tile, rows)| {
+            let m0 = tile * TILE;
+            for j0 in (0..nl).step_by(TILE) {
+                if start[(j0 + TILE).min(nl)] == start[j0] {
+                    continue; // no entry in these latents
+                }
+                for (dm, dw_m) in rows.chunks_mut(nl).enumerate() {
+                    let m = m0 + dm;
+                    for j in j0..(j0 + TILE).min(nl) {
+                        dw_m[j] += transposed[j * dim + m];
+                    }
+                }
+            }
+        });
 }
+
+/// Multiply-adds of the sparse encoder backward from which it takes the
+/// grouped, parallel path (below: one thread, W_enc's layout directly).
+const SPARSE_BACKWARD_LARGE: usize = 1 << 20;
 
 /// The SAELens encoder input and pre-activations, written into buffers of
 /// the batch's size: `centred = X − b_dec`, `pre = centred·W_enc + b_enc`.
@@ -552,6 +660,8 @@ struct Work {
     d_dict: Matrix,
     /// `∂L/∂b_dec (M)`.
     d_b_dec: Vec<f32>,
+    /// Buffers of the encoder's sparse backward.
+    encoder_scratch: EncoderBackwardScratch,
 }
 
 impl Default for Work {
@@ -579,6 +689,7 @@ impl Work {
             grads: LayerGrads::new(dim, n_latents),
             d_dict: Matrix::zeros(n_latents, dim),
             d_b_dec: vec![0.0; dim],
+            encoder_scratch: EncoderBackwardScratch::default(),
         }
     }
 
@@ -842,6 +953,7 @@ impl TopKSae {
             &work.code_grads,
             &work.centred,
             &mut work.grads,
+            &mut work.encoder_scratch,
         );
         if work.aux_weight > 0.0 {
             let aux_scale = (2.0 * work.aux_weight / count) as f32;
@@ -856,7 +968,13 @@ impl TopKSae {
                 &mut work.aux_grads,
                 &mut work.d_dict,
             );
-            sparse_encoder_backward(&work.aux, &work.aux_grads, &work.centred, &mut work.grads);
+            sparse_encoder_backward(
+                &work.aux,
+                &work.aux_grads,
+                &work.centred,
+                &mut work.grads,
+                &mut work.encoder_scratch,
+            );
         }
         decoder_bias_gradient(
             &work.residual,
@@ -929,6 +1047,51 @@ impl TopKSae {
 mod tests {
     use super::super::unit_norm::max_atom_norm_error;
     use super::*;
+
+    #[test]
+    fn grouped_parallel_encoder_backward_equals_the_direct_loop_bit_for_bit() {
+        use rand::seq::SliceRandom;
+        use rand::Rng;
+        let (n, nl, m, k) = (1024, 512, 64, 16);
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let input = Matrix::from_fn(n, m, |_, _| rng.gen_range(-1.0..1.0));
+        let mut codes = SparseCodes::default();
+        codes.clear();
+        let mut deltas = Vec::new();
+        for _ in 0..n {
+            let mut latents: Vec<usize> = (0..nl).collect();
+            let (chosen, _) = latents.partial_shuffle(&mut rng, k);
+            chosen.sort_unstable();
+            for &j in chosen.iter() {
+                codes.push(j, 1.0);
+                deltas.push(rng.gen_range(-1.0f32..1.0));
+            }
+            codes.end_row();
+        }
+        assert!(codes.latent.len() * m >= SPARSE_BACKWARD_LARGE);
+        let mut grads = LayerGrads::new(m, nl);
+        sparse_encoder_backward(
+            &codes,
+            &deltas,
+            &input,
+            &mut grads,
+            &mut EncoderBackwardScratch::default(),
+        );
+        // The direct loop, in W_enc's layout.
+        let mut dw = vec![0.0f32; m * nl];
+        let mut db = vec![0.0f32; nl];
+        for i in 0..n {
+            for e in codes.row(i) {
+                let (j, d) = (codes.latent[e], deltas[e]);
+                for mm in 0..m {
+                    dw[mm * nl + j] += input.get(i, mm) * d;
+                }
+                db[j] += d;
+            }
+        }
+        assert_eq!(grads.dw.as_slice(), &dw[..]);
+        assert_eq!(grads.db, db);
+    }
     use crate::data::SyntheticConfig;
     use crate::encoders::sae::testing::{check_gradient, random_problem};
     use crate::metrics::dictionary_mcc;
