@@ -370,8 +370,14 @@ pub fn save(dir: &Path, ckpt: &Checkpoint) -> Result<()> {
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
     }
     std::fs::create_dir(&tmp).map_err(io(&tmp))?;
-    write_synced(&tmp.join(MODEL_FILE), &st_bytes)?;
-    write_synced(&tmp.join(STATE_FILE), &state_bytes)?;
+    let written = write_synced(&tmp.join(MODEL_FILE), &st_bytes)
+        .and_then(|()| write_synced(&tmp.join(STATE_FILE), &state_bytes));
+    if let Err(e) = written {
+        // A full disk or a size limit: leave no partial folder behind; the
+        // previous checkpoint has not been touched.
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
     sync_dir(&tmp);
     if dir.exists() {
         if old.exists() {
@@ -383,6 +389,23 @@ pub fn save(dir: &Path, ckpt: &Checkpoint) -> Result<()> {
     sync_dir(&parent);
     if old.exists() {
         std::fs::remove_dir_all(&old).map_err(io(&old))?;
+    }
+    Ok(())
+}
+
+/// Fails early, with the error [`save`] would give, if a checkpoint cannot
+/// be written to `dir` (no permission, read-only file system): a long run
+/// learns it before its first step, not at its first checkpoint.
+pub fn check_writable(dir: &Path) -> Result<()> {
+    let (parent, tmp, _) = siblings(dir)?;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { path, source }
+    };
+    std::fs::create_dir_all(&parent).map_err(io(&parent))?;
+    if !tmp.exists() {
+        std::fs::create_dir(&tmp).map_err(io(&tmp))?;
+        std::fs::remove_dir(&tmp).map_err(io(&tmp))?;
     }
     Ok(())
 }
