@@ -40,9 +40,12 @@ const ALLOC_BOUND: usize = 16 << 20;
 const N: usize = 8;
 const DIM: usize = 4;
 
-/// One saved checkpoint per model kind: `(kind, state.json, model.safetensors)`.
-fn fixtures() -> &'static [(String, Vec<u8>, Vec<u8>)] {
-    static F: OnceLock<Vec<(String, Vec<u8>, Vec<u8>)>> = OnceLock::new();
+/// A saved checkpoint: `(kind, state.json, model.safetensors)`.
+type Fixture = (String, Vec<u8>, Vec<u8>);
+
+/// One saved checkpoint per model kind.
+fn fixtures() -> &'static [Fixture] {
+    static F: OnceLock<Vec<Fixture>> = OnceLock::new();
     F.get_or_init(|| {
         let synth = SyntheticConfig::paper(N, DIM, 2, 1);
         let d = synth.dictionary().unwrap();
@@ -240,10 +243,13 @@ fn pointers(v: &Value, at: String, out: &mut Vec<String>) {
     out.push(at);
 }
 
+/// A header entry: name, dtype, shape, data offsets.
+type StTensor = (String, String, Vec<u64>, (u64, u64));
+
 /// A safetensors file built from parts that may contradict each other.
 #[derive(Debug, Clone)]
 struct StFile {
-    tensors: Vec<(String, String, Vec<u64>, (u64, u64))>,
+    tensors: Vec<StTensor>,
     declared_len: Option<u64>,
     data_len: usize,
 }

@@ -148,6 +148,46 @@ proptest! {
     }
 }
 
+/// The quick configuration of every study as TOML: the seeds of the
+/// `reproduce --config` fuzz.
+fn study_seeds() -> Vec<String> {
+    use sparse_study::Study;
+    fn toml_of<S: Study + serde::Serialize>() -> String {
+        toml::to_string(&S::quick_config()).expect("study configs serialise to TOML")
+    }
+    vec![
+        toml_of::<sparse_study::known_dictionary::KnownDictionaryConfig>(),
+        toml_of::<sparse_study::learned_dictionary::LearnedDictionaryConfig>(),
+        toml_of::<sparse_study::amortisation_gap::GapGridConfig>(),
+    ]
+}
+
+proptest! {
+    #![proptest_config(count_alloc::fuzz_config(CASES))]
+
+    /// Byte edits of the studies' configurations (`reproduce --config`):
+    /// parsing gives a value or an error, never a panic or a large allocation.
+    #[test]
+    fn mutated_study_configs_never_panic(
+        which in 0usize..3,
+        edits in prop::collection::vec((any::<usize>(), any::<u8>()), 1..6),
+    ) {
+        use sparse_study::{amortisation_gap::GapGridConfig as G, known_dictionary::KnownDictionaryConfig as K, learned_dictionary::LearnedDictionaryConfig as L};
+        let mut b = study_seeds()[which].clone().into_bytes();
+        for (pos, byte) in edits {
+            let i = pos % b.len();
+            b[i] = byte;
+        }
+        let text = String::from_utf8_lossy(&b).into_owned();
+        let (_, peak) = count_alloc::bounded(ALLOC_BOUND, || {
+            let _ = toml::from_str::<K>(&text);
+            let _ = toml::from_str::<L>(&text);
+            let _ = toml::from_str::<G>(&text);
+        });
+        prop_assert!(peak <= ALLOC_BOUND);
+    }
+}
+
 /// A small synthetic data set; returns the path of data.npy.
 fn synth(dir: &Path) -> PathBuf {
     let out = dir.join("synth");
@@ -370,7 +410,7 @@ fn a_read_only_folder_gives_a_clear_error() {
     std::fs::create_dir(&locked).unwrap();
     // Root ignores permissions: run the binary as `nobody` instead.
     let as_root = unsafe { libc::geteuid() } == 0;
-    for p in [tmp.path(), &data.parent().unwrap().to_path_buf()] {
+    for p in [tmp.path(), data.parent().unwrap()] {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     for f in std::fs::read_dir(data.parent().unwrap()).unwrap() {
