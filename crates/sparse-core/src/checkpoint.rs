@@ -370,8 +370,14 @@ pub fn save(dir: &Path, ckpt: &Checkpoint) -> Result<()> {
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
     }
     std::fs::create_dir(&tmp).map_err(io(&tmp))?;
-    write_synced(&tmp.join(MODEL_FILE), &st_bytes)?;
-    write_synced(&tmp.join(STATE_FILE), &state_bytes)?;
+    let written = write_synced(&tmp.join(MODEL_FILE), &st_bytes)
+        .and_then(|()| write_synced(&tmp.join(STATE_FILE), &state_bytes));
+    if let Err(e) = written {
+        // A full disk or a size limit: leave no partial folder behind; the
+        // previous checkpoint has not been touched.
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
     sync_dir(&tmp);
     if dir.exists() {
         if old.exists() {
@@ -383,6 +389,23 @@ pub fn save(dir: &Path, ckpt: &Checkpoint) -> Result<()> {
     sync_dir(&parent);
     if old.exists() {
         std::fs::remove_dir_all(&old).map_err(io(&old))?;
+    }
+    Ok(())
+}
+
+/// Fails early, with the error [`save`] would give, if a checkpoint cannot
+/// be written to `dir` (no permission, read-only file system): a long run
+/// learns it before its first step, not at its first checkpoint.
+pub fn check_writable(dir: &Path) -> Result<()> {
+    let (parent, tmp, _) = siblings(dir)?;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { path, source }
+    };
+    std::fs::create_dir_all(&parent).map_err(io(&parent))?;
+    if !tmp.exists() {
+        std::fs::create_dir(&tmp).map_err(io(&tmp))?;
+        std::fs::remove_dir(&tmp).map_err(io(&tmp))?;
     }
     Ok(())
 }
@@ -427,6 +450,7 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
             ),
         ));
     }
+    check_weights_file_size(&model_path, &state.tensors)?;
     let st_bytes = read(&model_path)?;
     let st = safetensors::SafeTensors::deserialize(&st_bytes).map_err(|e| {
         format_err(
@@ -485,6 +509,15 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(format_err(
+                &model_path,
+                format!(
+                    "tensor {name} holds a non-finite value ({}) at flat index {i}",
+                    values[i]
+                ),
+            ));
+        }
         let node = state.model.pointer_mut(ptr).ok_or_else(|| {
             format_err(
                 &state_path,
@@ -509,6 +542,7 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
         put_tensor(node, values)
             .ok_or_else(|| format_err(&state_path, format!("malformed entry for {name}")))?;
     }
+    check_structure(&state.model).map_err(|e| format_err(&state_path, e))?;
     let model: Model = serde_json::from_value(state.model)
         .map_err(|e| format_err(&state_path, format!("invalid model state: {e}")))?;
     Ok(Checkpoint {
@@ -519,4 +553,248 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
         last_loss: state.last_loss,
         model,
     })
+}
+
+/// Largest safetensors header accepted: ours take ~100 bytes per tensor.
+const MAX_WEIGHTS_HEADER: u64 = 1 << 20;
+
+/// Rejects a `model.safetensors` whose size disagrees with the tensors
+/// `state.json` lists, before the file is read: a hostile or damaged pair
+/// never makes [`load`] read (allocate) more than the listed weights need.
+fn check_weights_file_size(path: &Path, tensors: &BTreeMap<String, Vec<usize>>) -> Result<()> {
+    let need = tensors
+        .iter()
+        .try_fold(0u64, |acc, (_, shape)| {
+            shape
+                .iter()
+                .try_fold(4u64, |a, &d| a.checked_mul(d as u64))
+                .and_then(|b| acc.checked_add(b))
+        })
+        .ok_or_else(|| format_err(path, "the tensor shapes listed in state.json overflow"))?;
+    let len = std::fs::metadata(path)
+        .map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .len();
+    if len < need.saturating_add(8) {
+        return Err(format_err(
+            path,
+            format!("truncated: the tensors listed in state.json need {need} bytes of data, the file holds {len} bytes"),
+        ));
+    }
+    if len > need.saturating_add(8 + MAX_WEIGHTS_HEADER) {
+        return Err(format_err(
+            path,
+            format!("holds {len} bytes, far more than the {need} bytes of data of the tensors listed in state.json"),
+        ));
+    }
+    Ok(())
+}
+
+/// The hyperparameters of a serialised model (where its constructor takes them from).
+fn config_node<'a>(model: &'a Value, kind: &str) -> Option<&'a Value> {
+    match kind {
+        "lista" => model.pointer("/lista/lista/config"),
+        _ => model.pointer(&format!("/{kind}/config")),
+    }
+}
+
+/// Checks that a serialised model (weights restored) has exactly the
+/// structure of a fresh model built from its own hyperparameters: every
+/// matrix shape, vector length (weights, optimiser moments, counters) and
+/// optional part. Deserialisation checks types only, and the models assume
+/// their parts agree, so without this a consistent-looking but edited
+/// `state.json` could panic later in training or encoding. The sizes in the
+/// hyperparameters are first checked against the dictionary read from
+/// `model.safetensors`, so building the reference allocates no more than
+/// the checkpoint itself holds.
+fn check_structure(model: &Value) -> std::result::Result<(), String> {
+    use crate::dictionary::autoencoder::AutoencoderConfig;
+    use crate::dictionary::jumprelu::JumpReluConfig;
+    use crate::dictionary::matryoshka::MatryoshkaConfig;
+    use crate::dictionary::mp_sae::MpSaeConfig;
+    use crate::dictionary::sparse_coding::SparseCodingConfig;
+    use crate::dictionary::topk::TopKConfig;
+    use crate::encoders::lista::ListaConfig;
+
+    let (kind, _) = tensor_layout(model)?;
+    let dictionary: Matrix = model
+        .pointer(&format!("/{kind}/dictionary"))
+        .cloned()
+        .and_then(|d| serde_json::from_value(d).ok())
+        .ok_or("the model has no valid dictionary")?;
+    let (n, dim) = dictionary.shape();
+    let cfg = config_node(model, &kind).ok_or("the model has no hyperparameters (`config`)")?;
+    // Where the sizes live: the config itself, Matryoshka's inner SAE config, or LISTA's fields.
+    let sizes = match kind.as_str() {
+        "lista" => model.pointer("/lista/lista"),
+        "matryoshka" => cfg.get("sae"),
+        _ => Some(cfg),
+    }
+    .ok_or("the model's hyperparameters lack their sizes")?;
+    for (field, want) in [("n_latents", n), ("dim", dim)] {
+        let found = sizes.get(field).and_then(Value::as_u64);
+        if found != Some(want as u64) {
+            return Err(format!(
+                "{field} = {} in the model's hyperparameters, but the dictionary W_dec has shape [{n}, {dim}]",
+                found.map_or("missing".to_string(), |v| v.to_string())
+            ));
+        }
+    }
+    // Sizes the dictionary does not fix, against the tensors that carry them.
+    let rows_of = |ptr: &str| {
+        model
+            .pointer(ptr)
+            .and_then(|m| m.get("rows"))
+            .and_then(Value::as_u64)
+    };
+    let cols_of = |ptr: &str| {
+        model
+            .pointer(ptr)
+            .and_then(|m| m.get("cols"))
+            .and_then(Value::as_u64)
+    };
+    if let Some(hidden) = cfg.pointer("/encoder/hidden").and_then(Value::as_u64) {
+        if cols_of("/autoencoder/layers/0/w") != Some(hidden) {
+            return Err(format!(
+                "hidden = {hidden} disagrees with the shape of W_enc_0"
+            ));
+        }
+    }
+    if kind == "lista" {
+        let layers = cfg.get("layers").and_then(Value::as_u64);
+        if layers.is_none() || rows_of("/lista/lista/theta") != layers {
+            return Err(format!(
+                "layers = {layers:?} disagrees with the shape of theta"
+            ));
+        }
+    }
+    let de = |what: &str| format!("invalid hyperparameters of the {what} model");
+    let reference = match kind.as_str() {
+        "autoencoder" => Model::Autoencoder(Box::new(
+            Autoencoder::new(
+                AutoencoderConfig::deserialize(cfg).map_err(|e| format!("{}: {e}", de(&kind)))?,
+            )
+            .map_err(|e| e.to_string())?,
+        )),
+        "top_k" => Model::TopK(Box::new(
+            TopKSae::new(TopKConfig::deserialize(cfg).map_err(|e| format!("{}: {e}", de(&kind)))?)
+                .map_err(|e| e.to_string())?,
+        )),
+        "jump_relu" => Model::JumpRelu(Box::new(
+            JumpReluSae::new(
+                JumpReluConfig::deserialize(cfg).map_err(|e| format!("{}: {e}", de(&kind)))?,
+            )
+            .map_err(|e| e.to_string())?,
+        )),
+        "matryoshka" => Model::Matryoshka(Box::new(
+            MatryoshkaSae::new(
+                MatryoshkaConfig::deserialize(cfg).map_err(|e| format!("{}: {e}", de(&kind)))?,
+            )
+            .map_err(|e| e.to_string())?,
+        )),
+        "mp_sae" => Model::MpSae(Box::new(
+            MpSae::new(MpSaeConfig::deserialize(cfg).map_err(|e| format!("{}: {e}", de(&kind)))?)
+                .map_err(|e| e.to_string())?,
+        )),
+        "sparse_coding" => Model::SparseCoding(Box::new(
+            SparseCoding::new(
+                SparseCodingConfig::deserialize(cfg).map_err(|e| format!("{}: {e}", de(&kind)))?,
+            )
+            .map_err(|e| e.to_string())?,
+        )),
+        "lista" => {
+            let c = ListaConfig::deserialize(cfg).map_err(|e| format!("{}: {e}", de(&kind)))?;
+            Model::Lista(Box::new(ListaModel {
+                lista: Lista::from_dictionary(&dictionary, c).map_err(|e| e.to_string())?,
+                dictionary,
+            }))
+        }
+        other => return Err(format!("unknown model kind `{other}`")),
+    };
+    let reference = serde_json::to_value(&reference).map_err(|e| e.to_string())?;
+    same_structure(&reference, model, "")?;
+    // Sparse coding's warm-start codes depend on the batch, not the config:
+    // only their width is fixed.
+    if let Some(last) = model
+        .pointer("/sparse_coding/last")
+        .filter(|v| !v.is_null())
+    {
+        if last.pointer("/1/cols").and_then(Value::as_u64) != Some(n as u64) {
+            return Err(format!(
+                "the warm-start codes at /sparse_coding/last are not {n} wide"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `a` is a serialised [`Matrix`].
+fn matrix_shape(v: &Value) -> Option<(u64, u64)> {
+    Some((v.get("rows")?.as_u64()?, v.get("cols")?.as_u64()?))
+}
+
+/// Compares the shapes of `loaded` with those of `reference` (see
+/// [`check_structure`]); scalar values may differ, their types are checked
+/// when the model is deserialised.
+fn same_structure(reference: &Value, loaded: &Value, at: &str) -> std::result::Result<(), String> {
+    let where_ = || {
+        if at.is_empty() {
+            "/".to_string()
+        } else {
+            at.to_string()
+        }
+    };
+    match (reference, loaded) {
+        (Value::Object(r), Value::Object(l)) => {
+            if let (Some(rs), Some(ls)) = (matrix_shape(reference), matrix_shape(loaded)) {
+                if rs != ls {
+                    return Err(format!(
+                        "the model state at {} has shape {ls:?}, its hyperparameters give {rs:?}",
+                        where_()
+                    ));
+                }
+            }
+            for (k, rv) in r {
+                if at == "/sparse_coding" && k == "last" {
+                    continue;
+                }
+                if let Some(lv) = l.get(k) {
+                    same_structure(rv, lv, &format!("{at}/{k}"))?;
+                }
+            }
+            Ok(())
+        }
+        (Value::Array(r), Value::Array(l)) => {
+            if r.len() != l.len() {
+                return Err(format!(
+                    "the model state at {} has {} entries, its hyperparameters give {}",
+                    where_(),
+                    l.len(),
+                    r.len()
+                ));
+            }
+            r.iter()
+                .zip(l)
+                .enumerate()
+                .try_for_each(|(i, (rv, lv))| same_structure(rv, lv, &format!("{at}/{i}")))
+        }
+        (Value::Null, Value::Null) => Ok(()),
+        (Value::Null, _) | (_, Value::Null) => Err(format!(
+            "the model state at {} is {}, its hyperparameters say it is {}",
+            where_(),
+            if loaded.is_null() {
+                "absent"
+            } else {
+                "present"
+            },
+            if loaded.is_null() {
+                "present"
+            } else {
+                "absent"
+            },
+        )),
+        _ => Ok(()),
+    }
 }

@@ -215,7 +215,7 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     if let Err(e) = run(cli) {
-        eprintln!("error: {}", one_line_message(&e));
+        eprintln!("error: {}{}", one_line_message(&e), storage_hint(&e));
         std::process::exit(1);
     }
 }
@@ -237,6 +237,25 @@ fn one_line_message(e: &anyhow::Error) -> String {
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// What to do about a failed write, for the errors whose system message
+/// alone leaves it unclear (a full disk, a file-size limit, no permission).
+fn storage_hint(e: &anyhow::Error) -> &'static str {
+    use std::io::ErrorKind as K;
+    let kind = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<std::io::Error>())
+        .map(std::io::Error::kind);
+    match kind {
+        Some(K::StorageFull | K::FileTooLarge) => {
+            " (the disk is full or a file-size limit was reached: free space or write elsewhere; earlier files are intact)"
+        }
+        Some(K::PermissionDenied | K::ReadOnlyFilesystem) => {
+            " (no permission to write there: choose another output folder)"
+        }
+        _ => "",
+    }
 }
 
 fn run(cli: Cli) -> Result<()> {

@@ -175,8 +175,79 @@ impl TrainConfig {
             .with_context(|| format!("method {} needs `k`", self.method.name()))
     }
 
+    /// An upper estimate of the bytes training needs on `n_samples × dim`
+    /// data beyond the data itself: weights, Adam's two moments and the
+    /// gradients (4 copies of the parameters), a step's activations (a few
+    /// `batch × width` buffers per layer), sparse coding's warm-start codes.
+    /// `None` if the arithmetic overflows: such sizes cannot be allocated.
+    pub fn memory_estimate(&self, n_samples: usize, dim: usize) -> Option<u64> {
+        let (n, d) = (self.n_latents as u64, dim as u64);
+        let b = self.batch_size.unwrap_or(n_samples) as u64;
+        let hidden = self.hidden.unwrap_or(0) as u64;
+        let layers = self.layers.unwrap_or(8) as u64;
+        let m = |a: u64, b: u64| a.checked_mul(b);
+        let sum = |xs: &[Option<u64>]| xs.iter().try_fold(0u64, |acc, x| acc.checked_add((*x)?));
+        let nd = m(n, d)?;
+        let params = match self.method {
+            TrainMethod::Mlp => sum(&[m(d, hidden), m(hidden, n), Some(nd), Some(n + hidden + d)])?,
+            TrainMethod::MpSae | TrainMethod::SparseCoding => sum(&[Some(nd), Some(d)])?,
+            // W_e, S, θ and the frozen dictionary.
+            TrainMethod::Lista => sum(&[Some(nd), m(n, n), m(layers, n), Some(nd)])?,
+            _ => sum(&[m(nd, 2), Some(2 * n + 2 * d)])?,
+        };
+        let width = sum(&[Some(n), Some(d), Some(hidden)])?;
+        let activations = match self.method {
+            // The unrolled forward pass keeps every layer's codes and pre-activations.
+            TrainMethod::Lista => m(m(b, n)?, m(layers, 2)?.checked_add(4)?)?,
+            // FISTA's iterates plus the stored warm-start codes, and the Gram matrix.
+            TrainMethod::SparseCoding => sum(&[m(m(b, n)?, 6), m(n, n), m(b, d)])?,
+            _ => m(m(b, width)?, 6)?,
+        };
+        m(sum(&[m(params, 4), Some(activations)])?, 4)
+    }
+
+    /// Fails before any allocation if the model cannot fit: the size
+    /// arithmetic overflows, or the estimate exceeds the memory the system
+    /// reports available (Linux `MemAvailable`; not checked elsewhere).
+    pub fn check_memory(&self, n_samples: usize, dim: usize) -> Result<()> {
+        let sizes = format!(
+            "n_latents = {}, dim = {dim}, batch = {}",
+            self.n_latents,
+            self.batch_size.unwrap_or(n_samples)
+        );
+        let need = self
+            .memory_estimate(n_samples, dim)
+            .with_context(|| format!("the model's size overflows ({sizes})"))?;
+        if let Some(avail) = available_memory() {
+            if need > avail {
+                bail!(
+                    "training needs about {:.1} GiB ({sizes}), more than the {:.1} GiB of memory available: lower `n_latents`{}",
+                    need as f64 / GIB,
+                    avail as f64 / GIB,
+                    if self.method == TrainMethod::Mlp { ", `hidden`" } else { "" },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The message of a run stopped by a non-finite or exploding loss, with the likely fix.
+    fn divergence_fix(&self) -> String {
+        let now = |v: Option<f32>| v.map_or("its default".to_string(), |v| v.to_string());
+        match self.method {
+            TrainMethod::SparseCoding => format!(
+                "check the data's scale or lower `lambda` (now {})",
+                now(self.lambda)
+            ),
+            _ => format!(
+                "lower `lr` (now {}), e.g. tenfold, or check the data's scale",
+                now(self.lr)
+            ),
+        }
+    }
+
     /// A freshly initialised model for data of dimension `dim`.
-    fn build(&self, dim: usize) -> Result<Model> {
+    pub fn build(&self, dim: usize) -> Result<Model> {
         self.check_applicable()?;
         let (n, seed) = (self.n_latents, self.seed);
         let with_lr = |adam: &mut sparse_core::optim::AdamConfig| {
@@ -264,11 +335,27 @@ impl TrainConfig {
     }
 }
 
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// `MemAvailable` of `/proc/meminfo` in bytes, where the system reports it.
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 /// Reads the configuration, resolving relative paths against its folder.
 pub fn read_config(path: &Path) -> Result<TrainConfig> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut c: TrainConfig = toml::from_str(&text)
+    parse_config(&text, path)
+}
+
+/// Parses and checks the text of the configuration file `path` (named in
+/// errors; relative paths are resolved against its folder).
+pub fn parse_config(text: &str, path: &Path) -> Result<TrainConfig> {
+    let mut c: TrainConfig = toml::from_str(text)
         .with_context(|| format!("{}: invalid training configuration", path.display()))?;
     let base = path.parent().unwrap_or(Path::new(""));
     if c.data.is_relative() {
@@ -341,6 +428,7 @@ pub fn train(config_path: &Path, progress: indicatif::ProgressBar) -> Result<()>
             ..c
         }
     } else {
+        cfg.check_memory(x.rows(), x.cols())?;
         Checkpoint {
             method: cfg.method.name().to_string(),
             config: serde_json::to_value(&cfg)?,
@@ -359,21 +447,49 @@ pub fn train(config_path: &Path, progress: indicatif::ProgressBar) -> Result<()>
         Some(b) => Some(MiniBatches::new(cfg.seed, b, &x)?),
         None => None,
     };
+    checkpoint::check_writable(&cfg.out)
+        .with_context(|| format!("cannot write checkpoints to {}", cfg.out.display()))?;
     let resumed_from = ckpt.step;
     progress.set_length(cfg.steps);
     progress.set_position(ckpt.step);
+    let mut watch = DivergenceWatch::default();
+    let mut saved_step = resumed_from;
     while ckpt.step < cfg.steps {
         let batch = match batches.as_mut() {
             Some(b) => b.batch(&x, ckpt.step),
             None => &x,
         };
-        let loss = ckpt.model.train_step(batch)?;
+        let loss = match ckpt.model.train_step(batch) {
+            Ok(loss) => loss,
+            Err(e @ sparse_core::Error::Numerical { .. }) => {
+                bail!(diverged(
+                    &cfg,
+                    &ckpt,
+                    saved_step,
+                    ckpt.step + 1,
+                    &e.to_string()
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(why) = watch.check(f64::from(loss)) {
+            // The model took the diverged step: it is not saved, so the last
+            // checkpoint stays the last good state.
+            bail!(diverged(&cfg, &ckpt, saved_step, ckpt.step + 1, &why));
+        }
         ckpt.step += 1;
         ckpt.last_loss = Some(f64::from(loss));
         progress.set_position(ckpt.step);
         progress.set_message(format!("loss {loss:.6}"));
         if ckpt.step % cfg.checkpoint_every == 0 || ckpt.step == cfg.steps {
-            checkpoint::save(&cfg.out, &ckpt)?;
+            checkpoint::save(&cfg.out, &ckpt).with_context(|| {
+                format!(
+                    "writing the checkpoint of step {} to {}",
+                    ckpt.step,
+                    cfg.out.display()
+                )
+            })?;
+            saved_step = ckpt.step;
         }
     }
     progress.finish_and_clear();
@@ -387,4 +503,59 @@ pub fn train(config_path: &Path, progress: indicatif::ProgressBar) -> Result<()>
         })
     );
     Ok(())
+}
+
+/// How much a loss may grow over the run's lowest before the run counts as
+/// diverged (it must also exceed the run's first loss; see [`DivergenceWatch`]).
+pub const DIVERGENCE_FACTOR: f64 = 1e3;
+
+/// Detects a diverging run from its losses: a non-finite loss, or a loss
+/// above both [`DIVERGENCE_FACTOR`] × the lowest loss of this run and the
+/// first loss of this run. An exploding weight norm shows as such a loss.
+/// The second condition keeps healthy runs clear: a near-perfect fit whose
+/// tiny loss bounces by orders of magnitude stays far below where it began.
+#[derive(Default)]
+pub struct DivergenceWatch {
+    first: Option<f64>,
+    lowest: Option<f64>,
+}
+
+impl DivergenceWatch {
+    /// Records the loss of a step; returns why the run diverged, if it did.
+    pub fn check(&mut self, loss: f64) -> Option<String> {
+        if !loss.is_finite() {
+            return Some(format!("loss is {loss}"));
+        }
+        let first = *self.first.get_or_insert(loss);
+        let lowest = self.lowest.map_or(loss, |l| l.min(loss));
+        self.lowest = Some(lowest);
+        (loss > DIVERGENCE_FACTOR * lowest && loss > first).then(|| {
+            format!(
+                "loss {loss:.4e} is over {DIVERGENCE_FACTOR:e} times the run's lowest, {lowest:.4e}"
+            )
+        })
+    }
+}
+
+/// The one-line message of a diverged run: where, the last finite loss,
+/// which checkpoint is kept, and the likely fix.
+fn diverged(cfg: &TrainConfig, ckpt: &Checkpoint, saved: u64, step: u64, why: &str) -> String {
+    let last = ckpt.last_loss.map_or("none yet".to_string(), |l| {
+        format!("{l:.4e} at step {}", ckpt.step)
+    });
+    let kept = if checkpoint::exists(&cfg.out) {
+        format!(
+            "kept the last good checkpoint, step {saved}, in {}",
+            cfg.out.display()
+        )
+    } else {
+        format!(
+            "no checkpoint was written yet (the first is due at step {})",
+            cfg.checkpoint_every.min(cfg.steps)
+        )
+    };
+    format!(
+        "training diverged at step {step}: {why}; last finite loss {last}; {kept}; likely fix: {}",
+        cfg.divergence_fix()
+    )
 }

@@ -78,8 +78,12 @@ pub fn read_npy_bytes(bytes: &[u8]) -> std::result::Result<Matrix, String> {
     }
     let header = std::str::from_utf8(&bytes[header_start..data_start])
         .map_err(|_| "header is not valid text".to_string())?;
-    let descr = dict_value(header, "descr")?;
-    let dtype = match descr.trim_matches(|c| c == '\'' || c == '"') {
+    let descr = dict_value(header, "descr")?.trim();
+    let quoted = |q: char| descr.strip_prefix(q).and_then(|d| d.strip_suffix(q));
+    let unquoted = quoted('\'')
+        .or_else(|| quoted('"'))
+        .ok_or_else(|| format!("dtype {descr} is not a quoted string"))?;
+    let dtype = match unquoted {
         "<f4" => NpyDtype::F32,
         "<f8" => NpyDtype::F64,
         other => {
