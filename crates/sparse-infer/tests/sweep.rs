@@ -227,3 +227,33 @@ fn bad_sweep_input_fails_with_one_line_naming_the_culprit() {
     );
     assert!(!dir.path().join("m.sqlite").exists());
 }
+
+#[test]
+fn reproduce_without_a_study_runs_both_studies_the_scaling_sweep_and_the_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r");
+    let run = bin()
+        .args(["reproduce", "--quick", "--seeds", "1", "--out", s(&out)])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    for study in ["known-dictionary", "learned-dictionary"] {
+        assert!(out.join(study).join("results.json").is_file(), "{study}");
+    }
+    assert_eq!(rows(&out.join("smoke.sqlite")).len(), 8);
+    let md = std::fs::read_to_string(out.join("report/report.md")).unwrap();
+    for needle in [
+        "## Scaling",
+        "## Known-dictionary study",
+        "## Learned-dictionary study",
+        "| sc-mod |",
+    ] {
+        assert!(md.contains(needle), "{needle} missing");
+    }
+    let html = std::fs::read_to_string(out.join("report/index.html")).unwrap();
+    assert!(html.contains("<table>") && html.contains("<svg"));
+}

@@ -257,6 +257,22 @@ impl Report<'_> {
         }
     }
 
+    /// A [`LineChart`] figure captioned with its title.
+    fn chart(
+        &mut self,
+        name: &str,
+        spec: &FigureSpec<'_>,
+        series: &[Series],
+        markers_from: usize,
+    ) -> anyhow::Result<()> {
+        let chart = LineChart {
+            spec,
+            series,
+            markers_from,
+        };
+        self.figure(name, spec.title, &chart)
+    }
+
     /// Renders `drawing` as `figures/NAME.svg` and `.png` and references it.
     fn figure(&mut self, name: &str, caption: &str, drawing: &impl Drawing) -> anyhow::Result<()> {
         let size = (960, 640);
@@ -302,24 +318,17 @@ impl Drawing for Heatmap {
             .x_label_area_size(48)
             .y_label_area_size(60)
             .build_cartesian_2d(0f64..nx as f64, 0f64..ny as f64)?;
-        let xl = |v: &f64| {
-            let i = (*v - 0.5).round();
+        // Ticks at cell centres (k + 0.5) carry the category's label; the others none.
+        let label_at = |labels: &[String], v: f64| {
+            let i = (v - 0.5).round();
             if (v - 0.5 - i).abs() < 1e-6 && i >= 0.0 {
-                self.x_labels.get(i as usize).cloned().unwrap_or_default()
+                labels.get(i as usize).cloned().unwrap_or_default()
             } else {
                 String::new()
             }
         };
-        let yl = |v: &f64| {
-            let i = (*v - 0.5).round();
-            if (v - 0.5 - i).abs() < 1e-6 && i >= 0.0 {
-                self.y_labels.get(i as usize).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
-        };
-        let x_ticks: Vec<f64> = (0..nx).map(|i| i as f64 + 0.5).collect();
-        let y_ticks: Vec<f64> = (0..ny).map(|i| i as f64 + 0.5).collect();
+        let xl = |v: &f64| label_at(&self.x_labels, *v);
+        let yl = |v: &f64| label_at(&self.y_labels, *v);
         chart
             .configure_mesh()
             .disable_mesh()
@@ -330,7 +339,6 @@ impl Drawing for Heatmap {
             .x_desc(&self.x_desc)
             .y_desc(&self.y_desc)
             .draw()?;
-        let _ = (x_ticks, y_ticks);
         for (y, row) in self.values.iter().enumerate() {
             for (x, v) in row.iter().enumerate() {
                 let (x0, y0) = (x as f64, y as f64);
@@ -489,14 +497,11 @@ fn mcc_vs_flops(r: &mut Report<'_>, groups: &[Group]) -> anyhow::Result<()> {
             log_x: true,
             y_range: (0.0, 1.0),
         };
-        r.figure(
+        r.chart(
             &format!("mcc_vs_flops_{}", dict.as_str()),
-            &title,
-            &LineChart {
-                spec: &spec,
-                series: &series,
-                markers_from: 0,
-            },
+            &spec,
+            &series,
+            0,
         )?;
     }
     Ok(())
@@ -652,14 +657,11 @@ fn scaling(r: &mut Report<'_>, groups: &[Group]) -> anyhow::Result<()> {
             log_x: true,
             y_range: (lo - 0.05, hi + 0.05),
         };
-        r.figure(
+        r.chart(
             &format!("scaling_advantage_{}", dict.as_str()),
-            &title,
-            &LineChart {
-                spec: &spec,
-                series: &series,
-                markers_from: usize::MAX,
-            },
+            &spec,
+            &series,
+            usize::MAX,
         )?;
     }
     Ok(())
@@ -763,14 +765,11 @@ fn curves(r: &mut Report<'_>, items: &[Item<'_>], labeller: &Labeller) -> anyhow
                 log_x: log,
                 y_range: (0.0, 1.0),
             };
-            r.figure(
+            r.chart(
                 &format!("curve_{param}_{}", dict.as_str()),
-                &title,
-                &LineChart {
-                    spec: &spec,
-                    series: &series,
-                    markers_from: usize::MAX,
-                },
+                &spec,
+                &series,
+                usize::MAX,
             )?;
         }
     }
@@ -904,15 +903,7 @@ fn frontier(r: &mut Report<'_>, groups: &[Group]) -> anyhow::Result<()> {
             y_range: (0.0, 1.0),
         };
         // The frontier as a line, every configuration as a marker.
-        r.figure(
-            &format!("frontier_{i}"),
-            &title,
-            &LineChart {
-                spec: &spec,
-                series: &series,
-                markers_from: 1,
-            },
-        )?;
+        r.chart(&format!("frontier_{i}"), &spec, &series, 1)?;
     }
     Ok(())
 }
