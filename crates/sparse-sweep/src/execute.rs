@@ -304,3 +304,76 @@ pub fn run_sweep(
     }
     Ok(summary)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SweepConfig;
+
+    /// Every method on both dictionary settings, with noise: valid metrics,
+    /// a metric curve over training, and the same record when run twice.
+    #[test]
+    fn every_method_runs_deterministically_on_known_and_learned_dictionaries() {
+        let specs = SweepConfig::from_toml(
+            r#"
+            name = "t"
+            eval_points = 3
+            [[data]]
+            n_latents = [8]
+            dim = [4]
+            k = [2]
+            samples = [48]
+            noise_std = [0.05]
+            seeds = [7]
+            dictionary = ["known", "learned"]
+            [[method]]
+            kind = "sae"
+            steps = [30]
+            [[method]]
+            kind = "mlp"
+            width = [8]
+            steps = [30]
+            bias = [true]
+            [[method]]
+            kind = "topk"
+            steps = [30]
+            [[method]]
+            kind = "sparse-coding"
+            steps = [3]
+            fista_iters = [10]
+            "#,
+        )
+        .unwrap()
+        .expand()
+        .unwrap();
+        // topk has no known-dictionary encoder: 3 known + 4 learned runs.
+        assert_eq!(specs.len(), 7);
+        for spec in &specs {
+            let what = describe(spec);
+            let a = run_one(spec).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+            assert!((0.0..=1.0).contains(&a.code_mcc), "{what}: {a:?}");
+            assert!(a.inference_flops > 0.0, "{what}");
+            let record: serde_json::Value = serde_json::from_str(&a.result_json).unwrap();
+            assert!(record.get("wall_seconds").is_none(), "{what}");
+            assert!(
+                record["curve_val"]
+                    .as_array()
+                    .is_some_and(|c| !c.is_empty()),
+                "{what}: no metric curve"
+            );
+            match spec.data.dictionary {
+                DictionarySetting::Known => assert_eq!(a.dictionary_mcc, None, "{what}"),
+                DictionarySetting::Learned => {
+                    assert!(a.dictionary_mcc.is_some_and(|d| d > 0.0), "{what}");
+                    assert!(a.train_flops > 0.0, "{what}");
+                }
+            }
+            let b = run_one(spec).unwrap();
+            assert_eq!(
+                (a.code_mcc, a.dictionary_mcc, a.train_flops, &a.result_json),
+                (b.code_mcc, b.dictionary_mcc, b.train_flops, &b.result_json),
+                "{what}: not deterministic"
+            );
+        }
+    }
+}
