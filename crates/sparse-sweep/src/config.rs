@@ -612,4 +612,29 @@ mod tests {
             assert!(err.contains(needle), "{needle:?} not in {err:?}");
         }
     }
+
+    #[test]
+    fn every_shipped_sweep_expands() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/sweeps");
+        let mut sizes = std::collections::BTreeMap::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let config = SweepConfig::from_file(&path).unwrap();
+            let stem = path.file_stem().unwrap().to_str().unwrap().to_string();
+            assert_eq!(
+                config.name,
+                stem,
+                "{}: name should match the file",
+                path.display()
+            );
+            sizes.insert(stem, config.expand().unwrap().len());
+        }
+        // The paper's grid: 5 N × 3 M × 3 K × 3 seeds × 3 methods.
+        assert_eq!(sizes["scaling"], 5 * 3 * 3 * 3 * 3);
+        assert_eq!(sizes["scaling-reduced"], 8 * 2 * 2);
+        // λ: 9 values × 3 methods × 3 seeds; TopK: 8 k + 2 references, 3 seeds.
+        assert_eq!(sizes["lambda"], 9 * 3 * 3);
+        assert_eq!(sizes["topk"], 10 * 3);
+        assert_eq!(sizes.len(), 8, "{sizes:?}");
+    }
 }

@@ -419,13 +419,15 @@ pub fn write_report(
     frontier(&mut r, &groups)?;
     configurations(&mut r, &groups);
     for (title, md) in extra {
-        r.text(&format!("## {title}"));
-        // Demote the section's own headings under ours.
+        // A section that opens with its own heading keeps it (one level down, like all its headings).
+        if !md.trim_start().starts_with('#') {
+            r.text(&format!("## {title}"));
+        }
         let body: String = md
             .lines()
             .map(|l| {
                 if l.starts_with('#') {
-                    format!("##{l}\n")
+                    format!("#{l}\n")
                 } else {
                     format!("{l}\n")
                 }
@@ -1112,7 +1114,13 @@ mod tests {
         let summary = write_report(
             &runs,
             dir.path(),
-            &[("Extra".into(), "# T\n\n| a |\n|---|\n| 1 |".into())],
+            &[
+                (
+                    "Extra".into(),
+                    "# Extra study\n\n| a |\n|---|\n| 1 |".into(),
+                ),
+                ("Plain".into(), "text only".into()),
+            ],
         )
         .unwrap();
         assert_eq!(summary.runs, runs.len());
@@ -1125,7 +1133,8 @@ mod tests {
             "## Bias vs no bias",
             "## Compute-optimal frontier",
             "## Every configuration",
-            "## Extra",
+            "## Extra study",
+            "## Plain\n\ntext only",
         ] {
             assert!(md.contains(needle), "{needle} missing");
         }
