@@ -227,7 +227,7 @@ enum Study {
 #[derive(clap::Args, Debug)]
 struct ReproduceArgs {
     /// One study alone; without it: the known- and learned-dictionary studies
-    /// (2 seeds each), the reduced scaling sweep and the report (under 15 minutes on 2 cores).
+    /// (2 seeds each), the reduced scaling sweep and the report (≈ 9 CPU-minutes; docs/results.md).
     #[arg(value_enum)]
     study: Option<Study>,
     /// Without a study: the paper-sized run (5 seeds per study, the full scaling grid).
