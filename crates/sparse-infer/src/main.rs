@@ -45,6 +45,47 @@ enum Command {
     /// Run one benchmark kernel (used by `bench` in its child processes).
     #[command(hide = true)]
     BenchKernel(bench::BenchKernelArgs),
+    /// Run a sweep (grid of data × methods × seeds) into a SQLite store; resumes, skipping runs already done.
+    Sweep(SweepArgs),
+    /// Merge shard stores into one store (runs already present are kept; conflicting results are reported).
+    Merge(MergeArgs),
+    /// Write the report of a store: Markdown tables, figures (SVG and PNG) and one self-contained HTML page.
+    Report(ReportArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct SweepArgs {
+    /// The sweep file (TOML; see configs/sweeps/).
+    config: PathBuf,
+    /// Runs in parallel (default: the number of cores).
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// The results store (default: results/sweeps/<name>.sqlite).
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// Run only shard I of N (0-based), e.g. 0/4; default: SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT when set, else all.
+    #[arg(long)]
+    shard: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+struct MergeArgs {
+    /// The store to merge into (created if missing).
+    #[arg(long)]
+    into: PathBuf,
+    /// Shard stores to merge.
+    #[arg(required = true)]
+    stores: Vec<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct ReportArgs {
+    /// The results store.
+    #[arg(long)]
+    store: PathBuf,
+    /// Output folder for report.md, index.html and figures/.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -191,20 +232,27 @@ enum Study {
 
 #[derive(clap::Args, Debug)]
 struct ReproduceArgs {
-    /// Which study.
-    #[arg(value_enum, default_value = "known-dictionary")]
-    study: Study,
-    /// Number of seeds (default: 5, as in the paper).
+    /// One study alone; without it: the known- and learned-dictionary studies
+    /// (2 seeds each), the reduced scaling sweep and the report (≈ 9 CPU-minutes; docs/results.md).
+    #[arg(value_enum)]
+    study: Option<Study>,
+    /// Without a study: the paper-sized run (5 seeds per study, the full scaling grid).
+    #[arg(long, conflicts_with_all = ["study", "quick", "seeds", "config"])]
+    full: bool,
+    /// Number of seeds (default: 5 for one study, as in the paper; 2 for the whole reproduction).
     #[arg(long)]
     seeds: Option<usize>,
-    /// Output folder for results.json, table.md and the figures (default: results/<study>).
+    /// Runs in parallel in the scaling sweep (default: the number of cores).
+    #[arg(long, conflicts_with = "study")]
+    jobs: Option<usize>,
+    /// Output folder (default: results/<study>, or results/reproduce without a study).
     #[arg(long)]
     out: Option<PathBuf>,
     /// A reduced configuration that runs in seconds (smoke test).
     #[arg(long)]
     quick: bool,
     /// A TOML file overriding fields of the study's configuration (see results.json's "config" for the names).
-    #[arg(long)]
+    #[arg(long, requires = "study")]
     config: Option<PathBuf>,
 }
 
@@ -268,6 +316,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Gap(a) => gap(a),
         Command::Bench(a) => bench::bench(a),
         Command::BenchKernel(a) => bench::bench_kernel(a),
+        Command::Sweep(a) => sweep(a),
+        Command::Merge(a) => merge(a),
+        Command::Report(a) => report(a),
     }
 }
 
@@ -466,15 +517,17 @@ fn progress_bar() -> indicatif::ProgressBar {
 
 fn reproduce(a: ReproduceArgs) -> Result<()> {
     match a.study {
-        Study::KnownDictionary => reproduce_study::<KnownDictionaryConfig>(&a),
-        Study::LearnedDictionary => reproduce_study::<LearnedDictionaryConfig>(&a),
-        Study::AmortisationGap => reproduce_study::<GapGridConfig>(&a),
+        Some(Study::KnownDictionary) => reproduce_study::<KnownDictionaryConfig>(&a).map(drop),
+        Some(Study::LearnedDictionary) => reproduce_study::<LearnedDictionaryConfig>(&a).map(drop),
+        Some(Study::AmortisationGap) => reproduce_study::<GapGridConfig>(&a).map(drop),
+        None => reproduce_all(&a),
     }
 }
 
 /// Loads the study's configuration (file, quick or default), runs it with a
-/// progress bar, writes its files and prints its Markdown report.
-fn reproduce_study<S: sparse_study::Study>(a: &ReproduceArgs) -> Result<()> {
+/// progress bar, writes its files into `out` (default results/<study>) and
+/// prints its Markdown report, which it returns.
+fn reproduce_study<S: sparse_study::Study>(a: &ReproduceArgs) -> Result<String> {
     let out = a
         .out
         .clone()
@@ -491,12 +544,63 @@ fn reproduce_study<S: sparse_study::Study>(a: &ReproduceArgs) -> Result<()> {
     let report = config.run(&Bar(bar.clone()))?;
     bar.finish_and_clear();
     report.write(&out)?;
-    println!("{}", report.markdown());
+    let markdown = report.markdown();
+    println!("{markdown}");
     println!(
         "Wrote results.json, table.md and figures (SVG) into {}",
         out.display()
     );
-    Ok(())
+    Ok(markdown)
+}
+
+/// The scaling sweeps shipped with the binary (the same files as configs/sweeps/).
+const SCALING_REDUCED: &str = include_str!("../../../configs/sweeps/scaling-reduced.toml");
+const SCALING_FULL: &str = include_str!("../../../configs/sweeps/scaling.toml");
+const SCALING_SMOKE: &str = include_str!("../../../configs/sweeps/smoke.toml");
+
+/// The whole reproduction: both dictionary studies, the scaling sweep and the
+/// report, under `out` (default results/reproduce).
+fn reproduce_all(a: &ReproduceArgs) -> Result<()> {
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| Path::new("results").join("reproduce"));
+    let seeds = a.seeds.or(if a.full || a.quick { None } else { Some(2) });
+    let mut extra = Vec::new();
+    for (study, title) in [
+        (Study::KnownDictionary, "Known-dictionary study"),
+        (Study::LearnedDictionary, "Learned-dictionary study"),
+    ] {
+        let args = ReproduceArgs {
+            study: Some(study),
+            full: false,
+            seeds,
+            jobs: None,
+            out: Some(out.join(match study {
+                Study::KnownDictionary => "known-dictionary",
+                _ => "learned-dictionary",
+            })),
+            quick: a.quick,
+            config: None,
+        };
+        let markdown = match study {
+            Study::KnownDictionary => reproduce_study::<KnownDictionaryConfig>(&args)?,
+            _ => reproduce_study::<LearnedDictionaryConfig>(&args)?,
+        };
+        extra.push((title.to_string(), markdown));
+    }
+    let (text, source) = if a.quick {
+        (SCALING_SMOKE, "configs/sweeps/smoke.toml")
+    } else if a.full {
+        (SCALING_FULL, "configs/sweeps/scaling.toml")
+    } else {
+        (SCALING_REDUCED, "configs/sweeps/scaling-reduced.toml")
+    };
+    let config = sparse_sweep::SweepConfig::from_toml(text)
+        .with_context(|| format!("{source}: invalid sweep config"))?;
+    let store = out.join(format!("{}.sqlite", config.name));
+    run_sweep_into(&config, &store, a.jobs, sparse_sweep::Shard::ALL)?;
+    write_store_report(&store, &out.join("report"), &extra)
 }
 
 /// Reads a study configuration from TOML (missing fields keep their defaults).
@@ -505,6 +609,122 @@ fn study_config<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     toml::from_str(&text)
         .with_context(|| format!("{}: invalid study configuration", path.display()))
+}
+
+fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn sweep(a: SweepArgs) -> Result<()> {
+    let config = sparse_sweep::SweepConfig::from_file(&a.config)?;
+    let shard = match &a.shard {
+        Some(text) => sparse_sweep::Shard::parse(text)?,
+        None => sparse_sweep::Shard::from_slurm(|name| std::env::var(name).ok())?
+            .unwrap_or(sparse_sweep::Shard::ALL),
+    };
+    if a.jobs == Some(0) {
+        bail!("--jobs 0: at least one job is needed");
+    }
+    let store = a.store.clone().unwrap_or_else(|| {
+        Path::new("results")
+            .join("sweeps")
+            .join(format!("{}.sqlite", config.name))
+    });
+    run_sweep_into(&config, &store, a.jobs, shard)
+}
+
+/// Runs `shard` of the sweep into `store` with a progress bar; prints a JSON summary.
+/// Runs that fail are reported (and not recorded) after the others finish.
+fn run_sweep_into(
+    config: &sparse_sweep::SweepConfig,
+    store_path: &Path,
+    jobs: Option<usize>,
+    shard: sparse_sweep::Shard,
+) -> Result<()> {
+    let specs = shard.select(config.expand()?);
+    let mut store = sparse_sweep::Store::open(store_path, true)?;
+    let cores = available_cores();
+    let jobs = jobs.unwrap_or(cores).max(1);
+    let bar = progress_bar();
+    let summary = sparse_sweep::run_sweep(
+        &config.name,
+        specs,
+        &mut store,
+        jobs,
+        (cores / jobs).max(1),
+        &Bar(bar.clone()),
+    )?;
+    bar.finish_and_clear();
+    println!(
+        "{}",
+        serde_json::json!({
+            "sweep": config.name, "store": store_path, "shard": shard.to_string(),
+            "runs": summary.total, "skipped": summary.skipped, "completed": summary.completed,
+            "failed": summary.failed.len(),
+        })
+    );
+    if let Some((run, error)) = summary.failed.first() {
+        bail!(
+            "{} of {} runs failed and were not recorded (rerun to retry them); first: {run}: {error}",
+            summary.failed.len(),
+            summary.total
+        );
+    }
+    Ok(())
+}
+
+fn merge(a: MergeArgs) -> Result<()> {
+    // Check every input before creating the output.
+    for path in &a.stores {
+        sparse_sweep::Store::open(path, false)?;
+    }
+    let mut into = sparse_sweep::Store::open(&a.into, true)?;
+    let mut conflicts = Vec::new();
+    let (mut inserted, mut identical) = (0, 0);
+    for path in &a.stores {
+        let s = into.merge_from(path)?;
+        inserted += s.inserted;
+        identical += s.identical;
+        conflicts.extend(
+            s.conflicts
+                .into_iter()
+                .map(|k| format!("{k} ({})", path.display())),
+        );
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "into": a.into, "inserted": inserted, "identical": identical,
+            "conflicts": conflicts.len(), "runs": into.runs()?.len(),
+        })
+    );
+    if !conflicts.is_empty() {
+        bail!(
+            "{} runs differ between stores (kept the first); first: {}",
+            conflicts.len(),
+            conflicts[0]
+        );
+    }
+    Ok(())
+}
+
+fn report(a: ReportArgs) -> Result<()> {
+    write_store_report(&a.store, &a.out, &[])
+}
+
+/// Writes the report of the store at `store` into `out`; prints a JSON summary.
+fn write_store_report(store: &Path, out: &Path, extra: &[(String, String)]) -> Result<()> {
+    let runs = sparse_sweep::Store::open(store, false)?.runs()?;
+    let summary = sparse_sweep::report::write_report(&runs, out, extra)
+        .with_context(|| format!("reporting {}", store.display()))?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "store": store, "out": out, "runs": summary.runs, "figures": summary.figures,
+            "html": out.join("index.html"), "markdown": out.join("report.md"),
+        })
+    );
+    Ok(())
 }
 
 fn gap(a: GapArgs) -> Result<()> {

@@ -351,6 +351,7 @@ fn study_config_file_overrides_fields_and_rejects_unknown_ones() {
     let run = bin()
         .args([
             "reproduce",
+            "known-dictionary",
             "--config",
             cfg.to_str().unwrap(),
             "--out",
@@ -379,6 +380,7 @@ fn study_config_file_overrides_fields_and_rejects_unknown_ones() {
     fails_with(
         &[
             "reproduce",
+            "known-dictionary",
             "--config",
             cfg.to_str().unwrap(),
             "--out",

@@ -150,6 +150,16 @@ impl KnownDictionaryConfig {
         Ok(())
     }
 
+    fn fista_config(&self, lambda: f32, accelerated: bool) -> FistaConfig {
+        FistaConfig {
+            lambda,
+            max_iter: self.fista_max_iter,
+            tol: self.fista_tol,
+            nonnegative: true,
+            accelerated,
+        }
+    }
+
     fn data_config(&self, seed_index: usize) -> SyntheticConfig {
         SyntheticConfig::paper(
             self.n_latents,
@@ -344,9 +354,56 @@ fn eval_steps(last: usize, points: usize) -> Vec<usize> {
 
 struct SeedContext<'a> {
     config: &'a KnownDictionaryConfig,
-    data: SyntheticData,
+    data: &'a SyntheticData,
     seed: u64,
     progress: &'a dyn Progress,
+}
+
+/// One method of the study, run alone (the unit of a sweep).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum KnownMethod {
+    /// The linear-ReLU SAE encoder (learning rate `config.lr`), with or without an encoder bias.
+    Sae {
+        /// Whether the encoder has a trained bias.
+        bias: bool,
+    },
+    /// An MLP encoder of the given hidden width (learning rate `config.mlp_lr`).
+    Mlp {
+        /// Hidden width `h`.
+        hidden: usize,
+        /// Whether the layers have trained biases.
+        bias: bool,
+    },
+    /// Non-negative FISTA with the true dictionary at a fixed lasso λ.
+    Fista {
+        /// Lasso λ.
+        lambda: f32,
+    },
+}
+
+/// Runs one method on `data` (generated from `seed`) exactly as the study does
+/// (steps, evaluation points, λ and tolerances from `config`); the model seed is `seed + 42`.
+pub fn run_method(
+    config: &KnownDictionaryConfig,
+    data: &SyntheticData,
+    seed: u64,
+    method: KnownMethod,
+    progress: &dyn Progress,
+) -> anyhow::Result<MethodRun> {
+    let ctx = SeedContext {
+        config,
+        data,
+        seed,
+        progress,
+    };
+    match method {
+        KnownMethod::Sae { bias } => Ok(ctx.sae(bias)?.0),
+        KnownMethod::Mlp { hidden, bias } => ctx.mlp(hidden, bias),
+        KnownMethod::Fista { lambda } => {
+            let fista = Fista::new(config.fista_config(lambda, true))?;
+            ctx.per_sample_iterative("fista", &fista, lambda_hyper("lambda", lambda))
+        }
+    }
 }
 
 fn run_seed(
@@ -358,50 +415,23 @@ fn run_seed(
     let data = data_config.generate(config.n_train, config.n_val, config.n_test)?;
     let ctx = SeedContext {
         config,
-        data,
+        data: &data,
         seed: data_config.seed,
         progress,
     };
     let mut runs = Vec::new();
 
-    let adam = AdamConfig::with_lr(config.lr);
-    let model_seed = ctx.seed + 42;
-    let sae_config = SaeConfig {
-        n_latents: config.n_latents,
-        dim: config.dim,
-        lambda: config.lambda,
-        adam,
-        use_bias: false,
-        seed: model_seed,
-    };
-    let mut sae = Sae::new(sae_config)?;
-    let sae_run = ctx.train_amortised("sae", &mut sae, config.lr)?;
+    let (sae_run, sae) = ctx.sae(false)?;
     let sae_train_flops = sae_run.train_flops;
     runs.push(sae_run);
     for &hidden in &config.mlp_widths {
-        let mut mlp = Mlp::new(MlpConfig {
-            n_latents: config.n_latents,
-            dim: config.dim,
-            hidden,
-            lambda: config.lambda,
-            adam: AdamConfig::with_lr(config.mlp_lr),
-            use_bias: false,
-            seed: model_seed,
-        })?;
-        runs.push(ctx.train_amortised(&format!("mlp-{hidden}"), &mut mlp, config.mlp_lr)?);
+        runs.push(ctx.mlp(hidden, false)?);
     }
 
     // FISTA: choose λ on validation, then trace the test curve.
-    let fista_config = |lambda: f32, accelerated: bool| FistaConfig {
-        lambda,
-        max_iter: config.fista_max_iter,
-        tol: config.fista_tol,
-        nonnegative: true,
-        accelerated,
-    };
     let mut best = (f64::NEG_INFINITY, config.fista_lambdas[0]);
     for &lambda in &config.fista_lambdas {
-        let enc = Fista::new(fista_config(lambda, true))?
+        let enc = Fista::new(config.fista_config(lambda, true))?
             .encode(&ctx.data.val.x, &ctx.data.dictionary)?;
         let mcc = code_mcc(&ctx.data.val.z, &enc.codes)?;
         if mcc > best.0 {
@@ -409,8 +439,8 @@ fn run_seed(
         }
     }
     let lambda_star = best.1;
-    let fista = Fista::new(fista_config(lambda_star, true))?;
-    let ista = Fista::new(fista_config(lambda_star, false))?;
+    let fista = Fista::new(config.fista_config(lambda_star, true))?;
+    let ista = Fista::new(config.fista_config(lambda_star, false))?;
     runs.push(ctx.per_sample_iterative("fista", &fista, lambda_hyper("lambda", lambda_star))?);
     runs.push(ctx.per_sample_iterative("ista", &ista, lambda_hyper("lambda", lambda_star))?);
 
@@ -515,6 +545,35 @@ impl Traceable for InferenceTimeOptimisation<'_> {
 }
 
 impl SeedContext<'_> {
+    /// Trains the SAE; returns its run and the trained model (for ITO).
+    fn sae(&self, bias: bool) -> anyhow::Result<(MethodRun, Sae)> {
+        let c = self.config;
+        let mut sae = Sae::new(SaeConfig {
+            n_latents: c.n_latents,
+            dim: c.dim,
+            lambda: c.lambda,
+            adam: AdamConfig::with_lr(c.lr),
+            use_bias: bias,
+            seed: self.seed + 42,
+        })?;
+        let run = self.train_amortised("sae", &mut sae, c.lr)?;
+        Ok((run, sae))
+    }
+
+    fn mlp(&self, hidden: usize, bias: bool) -> anyhow::Result<MethodRun> {
+        let c = self.config;
+        let mut mlp = Mlp::new(MlpConfig {
+            n_latents: c.n_latents,
+            dim: c.dim,
+            hidden,
+            lambda: c.lambda,
+            adam: AdamConfig::with_lr(c.mlp_lr),
+            use_bias: bias,
+            seed: self.seed + 42,
+        })?;
+        self.train_amortised(&format!("mlp-{hidden}"), &mut mlp, c.mlp_lr)
+    }
+
     fn finish(
         &self,
         mut run: MethodRun,

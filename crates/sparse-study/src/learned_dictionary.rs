@@ -289,9 +289,11 @@ fn blank(method: &str, seed: u64) -> LearnedRun {
     }
 }
 
-/// Trains `model` full batch, evaluating on validation at log-spaced steps;
-/// returns the run (test numbers of the best validation step) and that model.
-fn train_learner<L: DictionaryLearner + Clone>(
+/// Trains `model` full batch for `config.autoencoder_steps` steps on `data`
+/// (generated from `seed`), evaluating on validation at `config.eval_points`
+/// log-spaced steps; returns the run (test numbers of the best validation step)
+/// and that model. The study runs every autoencoder through it; so does a sweep.
+pub fn train_learner<L: DictionaryLearner + Clone>(
     config: &LearnedDictionaryConfig,
     (data, seed): (&SyntheticData, u64),
     name: &str,
@@ -335,6 +337,73 @@ fn train_learner<L: DictionaryLearner + Clone>(
     run.wall_seconds = started.elapsed().as_secs_f64();
     progress.finished(&format!("{name} (seed {seed})"));
     Ok((run, chosen))
+}
+
+/// Sparse coding by alternating minimisation (`config.sparse_coding_steps`
+/// steps of `config.sparse_coding_fista_iters` FISTA iterations and a
+/// dictionary `update`) for every λ in `lambdas`; λ and the step are chosen on
+/// validation, and the run reports the test numbers of that choice.
+pub fn run_sparse_coding(
+    config: &LearnedDictionaryConfig,
+    (data, seed): (&SyntheticData, u64),
+    (name, update): (&str, DictionaryUpdate),
+    lambdas: &[f32],
+    progress: &dyn Progress,
+) -> anyhow::Result<LearnedRun> {
+    let started = Instant::now();
+    let mut best_run: Option<(f64, LearnedRun, SparseCoding)> = None;
+    for &lambda in lambdas {
+        let mut sc = SparseCoding::new(SparseCodingConfig {
+            lambda,
+            fista_iters: config.sparse_coding_fista_iters,
+            update,
+            ..SparseCodingConfig::new(config.n_latents, config.dim, seed + 42)
+        })?;
+        let mut run = blank(name, seed);
+        run.selected_lambda = Some(f64_of(lambda));
+        let checkpoints = eval_steps(config.sparse_coding_steps, config.eval_points);
+        let (mut flops, mut next) = (0.0, 0);
+        let mut best: Option<(f64, usize, f64, SparseCoding)> = None;
+        for step in 1..=config.sparse_coding_steps {
+            sc.fit_step(&data.train.x)?;
+            flops += sc.last_step_flops();
+            if checkpoints.get(next) == Some(&step) {
+                next += 1;
+                let enc = |x: &Matrix| {
+                    sc.encode(x)
+                        .map(|e| (e.codes, e.flops))
+                        .map_err(anyhow::Error::from)
+                };
+                let val = evaluate(&data.val, &enc)?;
+                run.curve_val.push(CurvePoint {
+                    step,
+                    flops: flops + val.inference_flops,
+                    mcc: val.code_mcc,
+                });
+                if best.as_ref().is_none_or(|b| val.code_mcc > b.0) {
+                    best = Some((val.code_mcc, step, flops, sc.clone()));
+                }
+            }
+        }
+        let (val_mcc, step, train_flops, chosen) = best.context("no evaluation step")?;
+        run.selected_step = step;
+        run.train_flops = train_flops;
+        if best_run.as_ref().is_none_or(|b| val_mcc > b.0) {
+            best_run = Some((val_mcc, run, chosen));
+        }
+    }
+    let (_, mut run, chosen) = best_run.context("no λ evaluated")?;
+    let enc = |x: &Matrix| {
+        chosen
+            .encode(x)
+            .map(|e| (e.codes, e.flops))
+            .map_err(anyhow::Error::from)
+    };
+    let test = evaluate(&data.test, &enc)?;
+    finish(&mut run, data, chosen.dictionary(), &test)?;
+    run.wall_seconds = started.elapsed().as_secs_f64();
+    progress.finished(&format!("{name} (seed {seed})"));
+    Ok(run)
 }
 
 fn run_seed(
@@ -488,60 +557,13 @@ fn run_seed(
         ("sc-mod", DictionaryUpdate::Mod),
         ("sc-adam", DictionaryUpdate::Adam { lr: 0.01, steps: 5 }),
     ] {
-        let started = Instant::now();
-        let mut best_run: Option<(f64, LearnedRun, SparseCoding)> = None;
-        for &lambda in &config.sparse_coding_lambdas {
-            let mut sc = SparseCoding::new(SparseCodingConfig {
-                lambda,
-                fista_iters: config.sparse_coding_fista_iters,
-                update,
-                ..SparseCodingConfig::new(config.n_latents, config.dim, model_seed)
-            })?;
-            let mut run = blank(name, seed);
-            run.selected_lambda = Some(f64_of(lambda));
-            let checkpoints = eval_steps(config.sparse_coding_steps, config.eval_points);
-            let (mut flops, mut next) = (0.0, 0);
-            let mut best: Option<(f64, usize, f64, SparseCoding)> = None;
-            for step in 1..=config.sparse_coding_steps {
-                sc.fit_step(&data.train.x)?;
-                flops += sc.last_step_flops();
-                if checkpoints.get(next) == Some(&step) {
-                    next += 1;
-                    let enc = |x: &Matrix| {
-                        sc.encode(x)
-                            .map(|e| (e.codes, e.flops))
-                            .map_err(anyhow::Error::from)
-                    };
-                    let val = evaluate(&data.val, &enc)?;
-                    run.curve_val.push(CurvePoint {
-                        step,
-                        flops: flops + val.inference_flops,
-                        mcc: val.code_mcc,
-                    });
-                    if best.as_ref().is_none_or(|b| val.code_mcc > b.0) {
-                        best = Some((val.code_mcc, step, flops, sc.clone()));
-                    }
-                }
-            }
-            let (val_mcc, step, train_flops, chosen) = best.context("no evaluation step")?;
-            run.selected_step = step;
-            run.train_flops = train_flops;
-            if best_run.as_ref().is_none_or(|b| val_mcc > b.0) {
-                best_run = Some((val_mcc, run, chosen));
-            }
-        }
-        let (_, mut run, chosen) = best_run.context("no λ evaluated")?;
-        let enc = |x: &Matrix| {
-            chosen
-                .encode(x)
-                .map(|e| (e.codes, e.flops))
-                .map_err(anyhow::Error::from)
-        };
-        let test = evaluate(&data.test, &enc)?;
-        finish(&mut run, &data, chosen.dictionary(), &test)?;
-        run.wall_seconds = started.elapsed().as_secs_f64();
-        progress.finished(&format!("{name} (seed {seed})"));
-        runs.push(run);
+        runs.push(run_sparse_coding(
+            config,
+            (&data, seed),
+            (name, update),
+            &config.sparse_coding_lambdas,
+            progress,
+        )?);
     }
     // The paper's sparse coding: joint Adam on exp(U) and D; evaluated at the end (no selection).
     if config.joint_adam_steps > 0 {
