@@ -786,8 +786,8 @@ impl RealisticModel {
         let mut group = vec![0usize; n];
         if let Some(o) = &config.ood {
             let mut r = config.rng(20);
-            for i in 0..n {
-                group[i] = match tree.as_ref().and_then(|t| t.root[i]) {
+            for (i, g) in group.iter_mut().enumerate() {
+                *g = match tree.as_ref().and_then(|t| t.root[i]) {
                     // Whole trees stay in one group (roots are dealt round-robin).
                     Some(root) => root % o.groups,
                     None => r.gen_range(0..o.groups),

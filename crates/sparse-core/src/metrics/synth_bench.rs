@@ -5,7 +5,7 @@
 //!   `|cos|` between decoder and true atoms, averaged over the matched PAIRS;
 //! - [`code_mcc_pearson`] / [`dictionary_mcc_pearson`]: the paper's Pearson
 //!   variants ([`super::code_mcc`], [`super::dictionary_mcc`]);
-//! - [`feature_uniqueness`]: `feature_uniqueness`;
+//! - [`feature_uniqueness`]: SAELens' function of the same name;
 //! - [`latent_classification`]: `ClassificationMetricsCalculator`, each latent as a
 //!   detector of its best-matching true feature (by decoder `|cos|`);
 //! - [`shrinkage`]: `ShrinkageCalculator`, mean `‖x̂‖/‖x‖`;

@@ -21,7 +21,7 @@ fn plain(n: usize, dim: usize, seed: u64) -> RealisticConfig {
         bias_norm: 0.0,
         noise_std: 0.0,
         ood: None,
-        seed: seed,
+        seed,
     }
 }
 
