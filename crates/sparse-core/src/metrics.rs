@@ -1,6 +1,8 @@
 //! Metrics: how well inferred codes and learned dictionaries recover the
 //! ground truth (MCC, support F1), how sparse codes are (L0, dead latents),
-//! and how well data is reconstructed (MSE, explained variance).
+//! and how well data is reconstructed (MSE, explained variance); SynthSAEBench's
+//! per-latent F1, uniqueness, shrinkage and cosine MCC live in `synth_bench`
+//! (re-exported here).
 //!
 //! Conventions as in the rest of the crate: data `X` is `(n_samples × dim)`,
 //! codes `Z` are `(n_samples × n_latents)`, a dictionary `D` is
@@ -19,6 +21,13 @@ use crate::linalg::{matmul_new, par_for, Op};
 use crate::matrix::Matrix;
 use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef};
 use serde::{Deserialize, Serialize};
+
+mod synth_bench;
+pub use synth_bench::{
+    best_matching_features, code_mcc_pearson, dictionary_mcc_cosine, dictionary_mcc_pearson,
+    feature_uniqueness, latent_classification, shrinkage, synth_bench_report, LatentClassification,
+    SynthBenchReport,
+};
 
 /// A variable whose population variance (mean squared deviation, NumPy's
 /// `var` with `ddof = 0`) is below this is treated as constant by

@@ -12,6 +12,7 @@ use sparse_core::metrics;
 use sparse_study::amortisation_gap::GapGridConfig;
 use sparse_study::known_dictionary::KnownDictionaryConfig;
 use sparse_study::learned_dictionary::LearnedDictionaryConfig;
+use sparse_study::synthetic_realism::SyntheticRealismConfig;
 use sparse_study::StudyReport;
 use std::path::{Path, PathBuf};
 
@@ -228,6 +229,8 @@ enum Study {
     AmortisationGap,
     /// Every method learns its own dictionary (paper §7, "Unknown D").
     LearnedDictionary,
+    /// The SAE zoo on SynthSAEBench-style data, in and out of distribution.
+    SyntheticRealism,
 }
 
 #[derive(clap::Args, Debug)]
@@ -520,6 +523,7 @@ fn reproduce(a: ReproduceArgs) -> Result<()> {
         Some(Study::KnownDictionary) => reproduce_study::<KnownDictionaryConfig>(&a).map(drop),
         Some(Study::LearnedDictionary) => reproduce_study::<LearnedDictionaryConfig>(&a).map(drop),
         Some(Study::AmortisationGap) => reproduce_study::<GapGridConfig>(&a).map(drop),
+        Some(Study::SyntheticRealism) => reproduce_study::<SyntheticRealismConfig>(&a).map(drop),
         None => reproduce_all(&a),
     }
 }

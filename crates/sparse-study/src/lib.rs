@@ -12,6 +12,7 @@ pub mod curve;
 pub mod figure;
 pub mod known_dictionary;
 pub mod learned_dictionary;
+pub mod synthetic_realism;
 
 /// A study that `sparse-infer reproduce` can run: the configuration knows its
 /// defaults (the paper's setting), a quick variant, and how to run itself.
