@@ -110,7 +110,7 @@ fn run_child(mut cmd: Command, what: &str) -> Result<Measurement> {
 
 fn child(opts: &BenchOptions, case: &Case, implementation: &str, dir: &Path) -> Result<Command> {
     let case_json = serde_json::to_string(case)?;
-    let reps = opts.reps.to_string();
+    let reps = case.reps(opts.reps).to_string();
     let dir = dir.display().to_string();
     Ok(if implementation == "sparse-infer" {
         let mut c = Command::new(&opts.exe);

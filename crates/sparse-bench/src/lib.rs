@@ -151,6 +151,16 @@ impl Case {
         }
     }
 
+    /// Timed repetitions per process for this case: at most `requested`, and
+    /// one for the cases that run for a minute or more (FISTA's 100
+    /// iterations, the study), whose single runs already average thousands of steps.
+    pub fn reps(&self, requested: usize) -> usize {
+        match self {
+            Case::Fista { .. } | Case::KnownDictionary { .. } => 1,
+            _ => requested,
+        }
+    }
+
     /// Floating-point operations of one repetition, where a single count
     /// describes every implementation (GEMM, FISTA); `None` otherwise.
     pub fn flops(&self) -> Option<f64> {
