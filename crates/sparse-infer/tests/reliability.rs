@@ -11,7 +11,7 @@ mod count_alloc;
 #[path = "../src/train.rs"]
 mod train;
 
-use common::{bin, fails_with, ok_json};
+use common::{bin, fails_with, ok_json, s, synth};
 use proptest::prelude::*;
 use sparse_core::checkpoint;
 use std::os::unix::process::CommandExt;
@@ -24,10 +24,6 @@ static ALLOC: count_alloc::Counting = count_alloc::Counting;
 const CASES: u32 = 256;
 /// Bound on any allocation while parsing and building a fuzzed configuration.
 const ALLOC_BOUND: usize = 64 << 20;
-
-fn s(p: &Path) -> String {
-    p.to_str().unwrap().to_string()
-}
 
 /// Valid configurations of every method, the seeds of the mutations.
 const SEEDS: &[&str] = &[
@@ -186,27 +182,6 @@ proptest! {
         });
         prop_assert!(peak <= ALLOC_BOUND);
     }
-}
-
-/// A small synthetic data set; returns the path of data.npy.
-fn synth(dir: &Path) -> PathBuf {
-    let out = dir.join("synth");
-    ok_json(&[
-        "synth",
-        "--latents",
-        "16",
-        "--dim",
-        "8",
-        "--k",
-        "2",
-        "--samples",
-        "128",
-        "--seed",
-        "3",
-        "--out",
-        &s(&out),
-    ]);
-    out.join("data.npy")
 }
 
 fn write_config(dir: &Path, name: &str, body: &str) -> PathBuf {

@@ -9,32 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{bin, fails_with, ok_json, run};
-
-fn s(p: &Path) -> String {
-    p.to_str().unwrap().to_string()
-}
-
-/// A small synthetic data set; returns the path of data.npy.
-fn synth(dir: &Path) -> PathBuf {
-    let out = dir.join("synth");
-    ok_json(&[
-        "synth",
-        "--latents",
-        "16",
-        "--dim",
-        "8",
-        "--k",
-        "2",
-        "--samples",
-        "128",
-        "--seed",
-        "3",
-        "--out",
-        &s(&out),
-    ]);
-    out.join("data.npy")
-}
+use common::{bin, fails_with, ok_json, run, s, synth};
 
 /// Every trainable case: (name, method, method-specific lines). `DICT` stands
 /// for the synthetic data's true dictionary (LISTA's frozen one).

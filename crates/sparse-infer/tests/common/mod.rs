@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test file uses a different subset
 
 use serde_json::Value;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// The `sparse-infer` binary under test.
@@ -41,4 +42,31 @@ pub fn fails_with(args: &[&str], needles: &[&str]) {
     for n in needles {
         assert!(lines[0].contains(n), "{args:?}: {:?} lacks {n:?}", lines[0]);
     }
+}
+
+/// A path as the `&str` the binary's arguments want.
+pub fn s(p: &Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+/// A small synthetic data set (N=16, M=8, K=2, 128 samples, seed 3) in
+/// `dir/synth`; returns the path of its data.npy.
+pub fn synth(dir: &Path) -> PathBuf {
+    let out = dir.join("synth");
+    ok_json(&[
+        "synth",
+        "--latents",
+        "16",
+        "--dim",
+        "8",
+        "--k",
+        "2",
+        "--samples",
+        "128",
+        "--seed",
+        "3",
+        "--out",
+        &s(&out),
+    ]);
+    out.join("data.npy")
 }
