@@ -24,6 +24,7 @@ pub mod linalg;
 pub mod matrix;
 pub mod metrics;
 pub mod optim;
+pub mod saelens;
 
 pub use error::{Error, Result};
 pub use matrix::Matrix;
