@@ -15,6 +15,7 @@ use sparse_study::learned_dictionary::LearnedDictionaryConfig;
 use sparse_study::StudyReport;
 use std::path::{Path, PathBuf};
 
+mod saelens_cmd;
 mod train;
 
 /// Sparse inference and dictionary learning: synthetic data, encoders, metrics and studies.
@@ -39,6 +40,8 @@ enum Command {
     Reproduce(ReproduceArgs),
     /// Measure the amortisation gap for one (N, M, K): best supervised encoders vs per-sample inference; prints JSON.
     Gap(GapArgs),
+    /// Export a trained checkpoint (or convert a SAELens folder) as a SAELens folder or .npy dictionary.
+    Export(saelens_cmd::ExportArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -140,13 +143,23 @@ struct EncodeArgs {
     #[arg(
         long,
         value_enum,
-        required_unless_present = "model",
-        conflicts_with = "model"
+        required_unless_present_any = ["model", "saelens"],
+        conflicts_with_all = ["model", "saelens"]
     )]
     method: Option<Method>,
-    /// Dictionary D (N × M) as .npy, atoms as rows (not with --model).
-    #[arg(long, required_unless_present = "model", conflicts_with = "model")]
+    /// Dictionary D (N × M) as .npy, atoms as rows, or a SAELens folder: its W_dec, with b_dec subtracted from the data (not with --model).
+    #[arg(
+        long,
+        required_unless_present_any = ["model", "saelens"],
+        conflicts_with_all = ["model", "saelens"]
+    )]
     dictionary: Option<PathBuf>,
+    /// A SAELens folder (cfg.json + sae_weights.safetensors): encode with its own encoder, as SAELens does.
+    #[arg(long, conflicts_with_all = ["model", "lambda", "k", "signed", "max_iter", "tol"])]
+    saelens: Option<PathBuf>,
+    /// With --saelens: also write the reconstruction X̂ = decode(encode(X)) (n × M) here.
+    #[arg(long, requires = "saelens")]
+    reconstruction: Option<PathBuf>,
     /// A checkpoint folder written by `train`: encode with its own encoder.
     #[arg(long, conflicts_with_all = ["lambda", "k", "signed", "max_iter", "tol"])]
     model: Option<PathBuf>,
@@ -241,6 +254,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => train::train(&a.config, progress_bar()),
         Command::Reproduce(a) => reproduce(a),
         Command::Gap(a) => gap(a),
+        Command::Export(a) => saelens_cmd::export(a),
     }
 }
 
@@ -340,11 +354,22 @@ fn encode(a: EncodeArgs) -> Result<()> {
     if let Some(model) = &a.model {
         return encode_with_model(model, &a);
     }
+    if let Some(dir) = &a.saelens {
+        return saelens_cmd::encode_with_saelens(
+            dir,
+            &a.input,
+            &a.out,
+            a.reconstruction.as_deref(),
+        );
+    }
     let (Some(method), Some(dictionary)) = (a.method, a.dictionary.clone()) else {
         bail!("--method and --dictionary are required without --model");
     };
-    let d = load(&dictionary, "dictionary")?;
-    let x = load(&a.input, "data")?;
+    let (d, x) = if saelens_cmd::is_saelens_folder(&dictionary) {
+        saelens_cmd::saelens_dictionary(&dictionary, &a.input)?
+    } else {
+        (load(&dictionary, "dictionary")?, load(&a.input, "data")?)
+    };
     if x.cols() != d.cols() {
         bail!(
             "{}: expected shape (n, {}) to match the dictionary {} of shape ({}, {}), found ({}, {})",
