@@ -410,6 +410,15 @@ impl SaeLens {
     pub fn import(dir: &Path) -> Result<SaeLens> {
         let cfg_path = dir.join(CFG_FILE);
         let weights_path = dir.join(WEIGHTS_FILE);
+        if !dir.exists() {
+            return Err(Error::Io {
+                path: dir.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no such SAELens folder (expected one holding cfg.json and sae_weights.safetensors)",
+                ),
+            });
+        }
         if !dir.is_dir() {
             return Err(format_err(dir, "not a folder (expected a SAELens folder holding cfg.json and sae_weights.safetensors)"));
         }

@@ -563,17 +563,20 @@ fn pre_6_configs_are_converted_like_saelens() {
     );
 }
 
+/// Folder name, cfg.json, tensors, the file the error must name, a phrase it must hold.
+type BadCase = (
+    &'static str,
+    Value,
+    Vec<(&'static str, Vec<usize>, safetensors::Dtype, Vec<f64>)>,
+    &'static str,
+    &'static str,
+);
+
 #[test]
 fn bad_folders_are_one_line_errors_naming_the_file() {
     use safetensors::Dtype;
     let t = standard_tensors(Dtype::F32);
-    let mut cases: Vec<(
-        &str,
-        Value,
-        Vec<(&str, Vec<usize>, Dtype, Vec<f64>)>,
-        &str,
-        &str,
-    )> = Vec::new();
+    let mut cases: Vec<BadCase> = Vec::new();
     cases.push((
         "missing",
         good_cfg("standard"),
