@@ -173,3 +173,9 @@ def test_the_gil_is_released_while_solving():
     # With the GIL held, this thread could not run at all until the solve ended.
     assert elapsed > 0.05, "solve too short to tell"
     assert ticks >= 10, (ticks, elapsed)
+
+
+def test_the_package_docstring_example_runs():
+    import doctest
+
+    assert doctest.testmod(si).failed == 0
