@@ -25,6 +25,7 @@ pub mod matrix;
 pub mod metrics;
 pub mod optim;
 pub mod realistic_data;
+pub mod saelens;
 
 pub use error::{Error, Result};
 pub use matrix::Matrix;

@@ -17,6 +17,7 @@ use sparse_study::StudyReport;
 use std::path::{Path, PathBuf};
 
 mod bench;
+mod saelens_cmd;
 mod train;
 
 /// Sparse inference and dictionary learning: synthetic data, encoders, metrics and studies.
@@ -52,6 +53,8 @@ enum Command {
     Merge(MergeArgs),
     /// Write the report of a store: Markdown tables, figures (SVG and PNG) and one self-contained HTML page.
     Report(ReportArgs),
+    /// Export a trained checkpoint (or convert a SAELens folder) as a SAELens folder or .npy dictionary.
+    Export(saelens_cmd::ExportArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -188,13 +191,23 @@ struct EncodeArgs {
     #[arg(
         long,
         value_enum,
-        required_unless_present = "model",
-        conflicts_with = "model"
+        required_unless_present_any = ["model", "saelens"],
+        conflicts_with_all = ["model", "saelens"]
     )]
     method: Option<Method>,
-    /// Dictionary D (N × M) as .npy, atoms as rows (not with --model).
-    #[arg(long, required_unless_present = "model", conflicts_with = "model")]
+    /// Dictionary D (N × M) as .npy, atoms as rows, or a SAELens folder: its W_dec, with b_dec subtracted from the data (not with --model).
+    #[arg(
+        long,
+        required_unless_present_any = ["model", "saelens"],
+        conflicts_with_all = ["model", "saelens"]
+    )]
     dictionary: Option<PathBuf>,
+    /// A SAELens folder (cfg.json + sae_weights.safetensors): encode with its own encoder, as SAELens does.
+    #[arg(long, conflicts_with_all = ["model", "lambda", "k", "signed", "max_iter", "tol"])]
+    saelens: Option<PathBuf>,
+    /// With --saelens: also write the reconstruction X̂ = decode(encode(X)) (n × M) here.
+    #[arg(long, requires = "saelens")]
+    reconstruction: Option<PathBuf>,
     /// A checkpoint folder written by `train`: encode with its own encoder.
     #[arg(long, conflicts_with_all = ["lambda", "k", "signed", "max_iter", "tol"])]
     model: Option<PathBuf>,
@@ -322,6 +335,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Sweep(a) => sweep(a),
         Command::Merge(a) => merge(a),
         Command::Report(a) => report(a),
+        Command::Export(a) => saelens_cmd::export(a),
     }
 }
 
@@ -421,11 +435,22 @@ fn encode(a: EncodeArgs) -> Result<()> {
     if let Some(model) = &a.model {
         return encode_with_model(model, &a);
     }
+    if let Some(dir) = &a.saelens {
+        return saelens_cmd::encode_with_saelens(
+            dir,
+            &a.input,
+            &a.out,
+            a.reconstruction.as_deref(),
+        );
+    }
     let (Some(method), Some(dictionary)) = (a.method, a.dictionary.clone()) else {
         bail!("--method and --dictionary are required without --model");
     };
-    let d = load(&dictionary, "dictionary")?;
-    let x = load(&a.input, "data")?;
+    let (d, x) = if saelens_cmd::is_saelens_folder(&dictionary) {
+        saelens_cmd::saelens_dictionary(&dictionary, &a.input)?
+    } else {
+        (load(&dictionary, "dictionary")?, load(&a.input, "data")?)
+    };
     if x.cols() != d.cols() {
         bail!(
             "{}: expected shape (n, {}) to match the dictionary {} of shape ({}, {}), found ({}, {})",

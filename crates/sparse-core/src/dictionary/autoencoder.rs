@@ -270,6 +270,11 @@ impl Autoencoder {
         &self.layers[i].w
     }
 
+    /// Encoder bias of layer `i` (input layer first), `(fan_out)`; zeros without encoder biases.
+    pub fn encoder_bias(&self, i: usize) -> &[f32] {
+        &self.layers[i].b
+    }
+
     /// Number of trained parameters: encoder (`MN`, or `Mh + hN`, plus
     /// biases when used), dictionary `NM`, plus `M` with a decoder bias.
     pub fn n_params(&self) -> usize {
