@@ -162,7 +162,9 @@ impl Case {
     }
 
     /// Floating-point operations of one repetition, where a single count
-    /// describes every implementation (GEMM, FISTA); `None` otherwise.
+    /// describes every implementation (GEMM; FISTA counted dense, `4·B·d·N`
+    /// per iteration, so ours — which forms `Y·D` sparse once the codes are
+    /// — reports a dense-equivalent rate); `None` otherwise.
     pub fn flops(&self) -> Option<f64> {
         match *self {
             Case::Gemm { m, k, n } => Some(2.0 * (m * k * n) as f64),

@@ -100,8 +100,10 @@ impl Default for SyntheticRealismConfig {
             steps: 2_000,
             batch_size: 256,
             lr: 1e-3,
-            l1_lambdas: vec![1.0, 3.0],
-            jumprelu_l0_coefficients: vec![0.003, 0.01],
+            // Wide enough that the L0 closest to k is reached (measured: λ ≤ 3 and
+            // L0 weights ≤ 0.01 left both at L0 > 100 for k = 8).
+            l1_lambdas: vec![3.0, 10.0, 30.0],
+            jumprelu_l0_coefficients: vec![0.03, 0.1, 0.3],
             fista_lambdas: vec![0.15, 0.5, 1.5],
             fista_max_iter: 100,
             decoder_fista: true,
