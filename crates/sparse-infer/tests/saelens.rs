@@ -6,27 +6,11 @@ use sparse_core::io::read_npy;
 use std::path::{Path, PathBuf};
 
 mod common;
-use common::{fails_with, ok_json, s};
+use common::{fails_with, ok_json, s, synth};
 
 /// Synthetic data and a trained checkpoint of `method`; returns (data.npy, checkpoint).
 fn trained(dir: &Path, method: &str, extra: &str) -> (PathBuf, PathBuf) {
-    let synth = dir.join("synth");
-    ok_json(&[
-        "synth",
-        "--latents",
-        "16",
-        "--dim",
-        "8",
-        "--k",
-        "2",
-        "--samples",
-        "128",
-        "--seed",
-        "5",
-        "--out",
-        &s(&synth),
-    ]);
-    let data = synth.join("data.npy");
+    let data = synth(dir);
     let ckpt = dir.join(format!("ckpt-{method}"));
     let cfg = dir.join(format!("{method}.toml"));
     std::fs::write(
