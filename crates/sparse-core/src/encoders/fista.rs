@@ -134,6 +134,8 @@ struct Step {
     beta: f32,
     nonnegative: bool,
     accelerated: bool,
+    /// Count the non-zeros of the new `y` (only the sparse `Y·D` path reads them).
+    count_nonzeros: bool,
 }
 
 impl Fista {
@@ -255,7 +257,11 @@ impl Fista {
             && self.gradient != GradientForm::ResidualDense
             && n * nl * dim >= SPARSE_MIN_MACS;
         // Non-zeros of Y, known after each update (Y = Z₀ at the start).
-        let mut y_nnz = z.as_slice().iter().filter(|v| **v != 0.0).count();
+        let mut y_nnz = if sparse_allowed {
+            z.as_slice().iter().filter(|v| **v != 0.0).count()
+        } else {
+            0
+        };
 
         // Buffers, all allocated before the loop.
         let mut y = z.clone();
@@ -328,6 +334,7 @@ impl Fista {
                 beta: ((t - 1.0) / t_next) as f32,
                 nonnegative: cfg.nonnegative,
                 accelerated: cfg.accelerated,
+                count_nonzeros: sparse_allowed,
             };
             t = t_next;
             let (diff_sq, norm_sq, nnz) = update(
@@ -426,7 +433,9 @@ fn update_block(z: &mut [f32], y: &mut [f32], neg_grad: &[f32], s: Step) -> (f64
         let d = new - *zj;
         *zj = new;
         *yj = if s.accelerated { new + s.beta * d } else { new };
-        nnz += usize::from(*yj != 0.0);
+        if s.count_nonzeros {
+            nnz += usize::from(*yj != 0.0);
+        }
         diff_sq += d as f64 * d as f64;
         norm_sq += new as f64 * new as f64;
     }
