@@ -26,7 +26,7 @@
 //! [`super::TopKSae`]'s); `b_dec` at zero.
 
 use super::autoencoder::{Autoencoder, AutoencoderConfig};
-use super::topk::{add_sparse_times_dense, SparseCodes};
+use super::topk::{add_codes_transposed_times, add_sparse_times_dense, SparseCodes};
 use super::unit_norm::UnitNormAdam;
 use crate::encoders::pursuit::MatchingPursuit;
 use crate::encoders::sae::{check_batch, check_loss, check_training_batch, validate_common};
@@ -212,17 +212,7 @@ impl MpSae {
         let scale = (2.0 / (n * m) as f64) as f32;
         g.as_mut_slice().iter_mut().for_each(|v| *v *= scale);
         let mut d_dict = Matrix::zeros(self.config.n_latents, m);
-        for i in 0..n {
-            let gi = g.row(i);
-            for e in codes.row(i) {
-                let v = codes.value[e];
-                d_dict
-                    .row_mut(codes.latent[e])
-                    .iter_mut()
-                    .zip(gi)
-                    .for_each(|(o, &a)| *o += v * a);
-            }
-        }
+        add_codes_transposed_times(codes, &g, &mut d_dict);
         let decoder_bias = (0..m)
             .map(|c| g.rows_iter().map(|r| r[c] as f64).sum::<f64>() as f32)
             .collect();

@@ -427,6 +427,12 @@ pub(super) fn sparse_decode_backward(
     d_dict: &mut Matrix,
 ) {
     code_gradients(codes, d, g, grads);
+    add_codes_transposed_times(codes, g, d_dict);
+}
+
+/// `d_dict_j += value_e·g_i` for every entry `e = (i, j)`: `Zᵀ·g` for sparse
+/// `Z`, accumulated (the dictionary gradient of a sparse decode). `2·M` FLOPs per entry.
+pub(super) fn add_codes_transposed_times(codes: &SparseCodes, g: &Matrix, d_dict: &mut Matrix) {
     for i in 0..codes.rows() {
         let gi = g.row(i);
         for e in codes.row(i) {
