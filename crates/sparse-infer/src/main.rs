@@ -17,6 +17,7 @@ use sparse_study::StudyReport;
 use std::path::{Path, PathBuf};
 
 mod bench;
+mod harvest_cmd;
 mod saelens_cmd;
 mod train;
 
@@ -55,6 +56,8 @@ enum Command {
     Report(ReportArgs),
     /// Export a trained checkpoint (or convert a SAELens folder) as a SAELens folder or .npy dictionary.
     Export(saelens_cmd::ExportArgs),
+    /// Run a language model over text and store its activations at one hook point (resumable).
+    Harvest(harvest_cmd::HarvestArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -336,6 +339,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Merge(a) => merge(a),
         Command::Report(a) => report(a),
         Command::Export(a) => saelens_cmd::export(a),
+        Command::Harvest(a) => harvest_cmd::harvest_cmd(a),
     }
 }
 

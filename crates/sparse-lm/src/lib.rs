@@ -21,8 +21,11 @@
 #![warn(missing_docs)]
 
 pub mod assets;
+pub mod contexts;
+pub mod corpus;
 pub mod error;
 mod gguf;
+pub mod harvest;
 pub mod hooks;
 pub mod model;
 mod ops;

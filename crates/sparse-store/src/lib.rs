@@ -130,8 +130,8 @@ pub use batches::{BatchOptions, ShuffledBatches};
 pub use reader::{ActivationStore, RowLocation, SplitCounts};
 pub use shard::Shard;
 pub use spec::{
-    shard_file_name, CorpusFile, Manifest, ModelInfo, ShardEntry, StoreDtype, StoreSpec,
-    FORMAT_VERSION, MANIFEST_FILE,
+    shard_file_name, spec_difference, CorpusFile, Manifest, ModelInfo, ShardEntry, StoreDtype,
+    StoreSpec, FORMAT_VERSION, MANIFEST_FILE,
 };
 pub use split::{Split, Splits};
 pub use writer::StoreWriter;

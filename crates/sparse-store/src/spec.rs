@@ -252,10 +252,7 @@ pub struct Manifest {
 
 /// The first field where `given` differs from `stored`, as
 /// `(path, stored value, given value)`, values as compact JSON.
-pub(crate) fn spec_difference(
-    stored: &StoreSpec,
-    given: &StoreSpec,
-) -> Option<(String, String, String)> {
+pub fn spec_difference(stored: &StoreSpec, given: &StoreSpec) -> Option<(String, String, String)> {
     let a = serde_json::to_value(stored).expect("a spec serialises");
     let b = serde_json::to_value(given).expect("a spec serialises");
     first_difference("", &a, &b)
