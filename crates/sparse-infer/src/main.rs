@@ -17,6 +17,7 @@ use sparse_study::StudyReport;
 use std::path::{Path, PathBuf};
 
 mod bench;
+mod lm_train;
 mod saelens_cmd;
 mod train;
 
@@ -55,6 +56,8 @@ enum Command {
     Report(ReportArgs),
     /// Export a trained checkpoint (or convert a SAELens folder) as a SAELens folder or .npy dictionary.
     Export(saelens_cmd::ExportArgs),
+    /// Held-out metrics of a trained checkpoint on a split of an activation store; prints JSON.
+    Evaluate(lm_train::EvaluateArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -336,6 +339,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Merge(a) => merge(a),
         Command::Report(a) => report(a),
         Command::Export(a) => saelens_cmd::export(a),
+        Command::Evaluate(a) => lm_train::evaluate(a),
     }
 }
 
