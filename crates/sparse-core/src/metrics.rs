@@ -2,7 +2,9 @@
 //! ground truth (MCC, support F1), how sparse codes are (L0, dead latents),
 //! and how well data is reconstructed (MSE, explained variance); SynthSAEBench's
 //! per-latent F1, uniqueness, shrinkage and cosine MCC live in `synth_bench`
-//! (re-exported here).
+//! (re-exported here); held-out SAE evaluation on streamed activations
+//! (normalised MSE, explained variance, L0, dead/dense latents, density
+//! histogram) in [`held_out`].
 //!
 //! Conventions as in the rest of the crate: data `X` is `(n_samples × dim)`,
 //! codes `Z` are `(n_samples × n_latents)`, a dictionary `D` is
@@ -22,6 +24,7 @@ use crate::matrix::Matrix;
 use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef};
 use serde::{Deserialize, Serialize};
 
+pub mod held_out;
 mod synth_bench;
 pub use synth_bench::{
     best_matching_features, code_mcc_pearson, dictionary_mcc_cosine, dictionary_mcc_pearson,

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 mod bench;
 mod harvest_cmd;
+mod lm_train;
 mod saelens_cmd;
 mod train;
 
@@ -58,6 +59,8 @@ enum Command {
     Export(saelens_cmd::ExportArgs),
     /// Run a language model over text and store its activations at one hook point (resumable).
     Harvest(harvest_cmd::HarvestArgs),
+    /// Held-out metrics of a trained checkpoint on a split of an activation store; prints JSON.
+    Evaluate(lm_train::EvaluateArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -340,6 +343,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Report(a) => report(a),
         Command::Export(a) => saelens_cmd::export(a),
         Command::Harvest(a) => harvest_cmd::harvest_cmd(a),
+        Command::Evaluate(a) => lm_train::evaluate(a),
     }
 }
 

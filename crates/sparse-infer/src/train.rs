@@ -385,6 +385,9 @@ pub fn parse_config(text: &str, path: &Path) -> Result<TrainConfig> {
 
 /// Trains per the configuration file; prints a JSON summary on stdout.
 pub fn train(config_path: &Path, progress: indicatif::ProgressBar) -> Result<()> {
+    if crate::lm_train::is_store_config(config_path) {
+        return crate::lm_train::train(config_path, progress);
+    }
     let cfg = read_config(config_path)?;
     let x = read_npy(&cfg.data)?;
     x.check_finite(&format!("data ({})", cfg.data.display()))?;

@@ -7,6 +7,9 @@
 mod common;
 #[path = "../../sparse-core/tests/support/count_alloc.rs"]
 mod count_alloc;
+#[allow(dead_code)] // train.rs dispatches store configurations to it
+#[path = "../src/lm_train.rs"]
+mod lm_train;
 #[allow(dead_code)] // the binary's own module: only the parsing is used here
 #[path = "../src/train.rs"]
 mod train;

@@ -265,6 +265,41 @@ impl Autoencoder {
         &self.b_dec
     }
 
+    /// Sets the learning rate of every Adam state for the following steps
+    /// (learning-rate schedules); the configuration keeps the initial one.
+    pub fn set_lr(&mut self, lr: f32) {
+        self.layers.iter_mut().for_each(|l| l.set_lr(lr));
+        self.dict_opt.set_lr(lr);
+        if let Some(a) = &mut self.b_dec_adam {
+            a.config.lr = lr;
+        }
+    }
+
+    /// Sets the L1 weight `λ` of the following steps (L1 warm-up).
+    pub fn set_lambda(&mut self, lambda: f32) {
+        self.config.lambda = lambda;
+    }
+
+    /// Sets `b_dec (M)` (e.g. to the geometric median of the data); fails
+    /// without a decoder bias or on a wrong length.
+    pub fn set_decoder_bias(&mut self, b_dec: &[f32]) -> Result<()> {
+        if !self.config.decoder_bias || b_dec.len() != self.config.dim {
+            return Err(Error::invalid(
+                "b_dec",
+                b_dec.len(),
+                "needs a model with a decoder bias and one value per dimension",
+            ));
+        }
+        self.b_dec.copy_from_slice(b_dec);
+        Ok(())
+    }
+
+    /// The codes `Z (n × N)` the last [`Self::train_step`] computed (before
+    /// its update); `None` before the first step of this process.
+    pub fn last_codes(&self) -> Option<&Matrix> {
+        self.work.acts.last().filter(|z| z.rows() > 0)
+    }
+
     /// Encoder weight of layer `i` (input layer first), `(fan_in × fan_out)`.
     pub fn encoder_weight(&self, i: usize) -> &Matrix {
         &self.layers[i].w

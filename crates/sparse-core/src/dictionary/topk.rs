@@ -757,6 +757,33 @@ impl TopKSae {
         &self.b_dec
     }
 
+    /// Sets the learning rate of every Adam state for the following steps
+    /// (learning-rate schedules); the configuration keeps the initial one.
+    pub fn set_lr(&mut self, lr: f32) {
+        self.encoder.set_lr(lr);
+        self.dict_opt.set_lr(lr);
+        self.b_dec_adam.config.lr = lr;
+    }
+
+    /// Sets `b_dec (M)` (e.g. to the geometric median of the data); fails on a wrong length.
+    pub fn set_decoder_bias(&mut self, b_dec: &[f32]) -> Result<()> {
+        if b_dec.len() != self.config.dim {
+            return Err(Error::invalid(
+                "b_dec",
+                b_dec.len(),
+                "needs one value per dimension",
+            ));
+        }
+        self.b_dec.copy_from_slice(b_dec);
+        Ok(())
+    }
+
+    /// The latents selected at the last [`Self::train_step`], one entry per
+    /// selected (sample, latent) pair; empty before the first step of this process.
+    pub fn last_selected_latents(&self) -> &[usize] {
+        &self.work.codes.latent
+    }
+
     /// BatchTopK's inference threshold θ (SAELens `topk_threshold`, exported
     /// as the JumpReLU `threshold` of every latent); `None` for TopK.
     pub fn inference_threshold(&self) -> Option<f32> {

@@ -113,6 +113,11 @@ impl UnitNormAdam {
         }
     }
 
+    /// Sets the learning rate of the following steps (schedules).
+    pub fn set_lr(&mut self, lr: f32) {
+        self.adam.config.lr = lr;
+    }
+
     /// Whether gradients are projected to the tangent space before the step.
     pub fn projects(&self) -> bool {
         self.project

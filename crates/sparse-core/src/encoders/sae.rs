@@ -575,6 +575,14 @@ impl LinearReluLayer {
         }
     }
 
+    /// Sets the learning rate of the weight's and the bias's Adam (schedules).
+    pub(crate) fn set_lr(&mut self, lr: f32) {
+        self.adam_w.config.lr = lr;
+        if let Some(a) = &mut self.adam_b {
+            a.config.lr = lr;
+        }
+    }
+
     fn fan_in(&self) -> usize {
         self.w.rows()
     }
