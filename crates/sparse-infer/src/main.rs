@@ -20,6 +20,7 @@ mod bench;
 mod harvest_cmd;
 mod lm_train;
 mod saelens_cmd;
+mod synth_preset;
 mod train;
 
 /// Sparse inference and dictionary learning: synthetic data, encoders, metrics and studies.
@@ -128,25 +129,33 @@ struct GapArgs {
 
 #[derive(clap::Args, Debug)]
 struct SynthArgs {
+    /// A realistic preset instead of the paper's generator (synthsaebench-16k,
+    /// synthsaebench-laptop, ood-laptop): writes train/val/test (and test_ood) splits.
+    #[arg(long, conflicts_with_all = ["latents", "dim", "k"])]
+    preset: Option<String>,
     /// Number of latents N (dictionary atoms).
-    #[arg(long)]
-    latents: usize,
+    #[arg(long, required_unless_present = "preset")]
+    latents: Option<usize>,
     /// Observed dimension M.
-    #[arg(long)]
-    dim: usize,
+    #[arg(long, required_unless_present = "preset")]
+    dim: Option<usize>,
     /// Active latents per sample K (1 ≤ K ≤ N).
+    #[arg(long, required_unless_present = "preset")]
+    k: Option<usize>,
+    /// Number of samples S (with --preset: training samples, default 10000).
+    #[arg(long, required_unless_present = "preset")]
+    samples: Option<usize>,
+    /// With --preset: samples of the validation, test and OOD test splits each (default 2000).
+    #[arg(long, requires = "preset")]
+    eval_samples: Option<usize>,
+    /// Seed of every random stream (default 0; with --preset: the preset's own).
     #[arg(long)]
-    k: usize,
-    /// Number of samples S.
+    seed: Option<u64>,
+    /// Standard deviation of additive Gaussian noise on X (default 0; with --preset: the preset's own).
     #[arg(long)]
-    samples: usize,
-    /// Seed of every random stream.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Standard deviation of additive Gaussian noise on X.
-    #[arg(long, default_value_t = 0.0)]
-    noise: f32,
-    /// Output folder (created): data.npy (S×M), codes.npy (S×N), dictionary.npy (N×M), all f32.
+    noise: Option<f32>,
+    /// Output folder (created): data.npy (S×M), codes.npy (S×N), dictionary.npy (N×M), all f32;
+    /// with --preset: dictionary.npy, bias.npy, config.json and one folder per split.
     #[arg(long)]
     out: PathBuf,
 }
@@ -354,11 +363,26 @@ fn load(path: &Path, what: &str) -> Result<sparse_core::Matrix> {
 }
 
 fn synth(a: SynthArgs) -> Result<()> {
-    let mut config = sparse_core::data::SyntheticConfig::paper(a.latents, a.dim, a.k, a.seed);
-    config.noise_std = a.noise;
+    if let Some(preset) = &a.preset {
+        let req = synth_preset::PresetRequest {
+            preset,
+            seed: a.seed,
+            noise: a.noise,
+            n_train: a.samples.unwrap_or(synth_preset::DEFAULT_TRAIN),
+            n_eval: a.eval_samples.unwrap_or(synth_preset::DEFAULT_EVAL),
+        };
+        return synth_preset::synth_preset(&req, &a.out);
+    }
+    let (Some(latents), Some(dim), Some(k), Some(samples)) = (a.latents, a.dim, a.k, a.samples)
+    else {
+        bail!("--latents, --dim, --k and --samples are required without --preset");
+    };
+    let mut config =
+        sparse_core::data::SyntheticConfig::paper(latents, dim, k, a.seed.unwrap_or(0));
+    config.noise_std = a.noise.unwrap_or(0.0);
     config.validate()?;
     let dictionary = config.dictionary()?;
-    let split = config.split(&dictionary, a.samples, 1)?;
+    let split = config.split(&dictionary, samples, 1)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     write_npy(&a.out.join("data.npy"), &split.x, NpyDtype::F32)?;
     write_npy(&a.out.join("codes.npy"), &split.z, NpyDtype::F32)?;
@@ -366,8 +390,8 @@ fn synth(a: SynthArgs) -> Result<()> {
     println!(
         "{}",
         serde_json::json!({
-            "out": a.out, "config": config, "samples": a.samples,
-            "files": {"data": [a.samples, a.dim], "codes": [a.samples, a.latents], "dictionary": [a.latents, a.dim]},
+            "out": a.out, "config": config, "samples": samples,
+            "files": {"data": [samples, dim], "codes": [samples, latents], "dictionary": [latents, dim]},
         })
     );
     Ok(())

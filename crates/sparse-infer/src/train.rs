@@ -104,6 +104,10 @@ pub struct TrainConfig {
     pub bandwidth: Option<f32>,
     /// L0 penalty weight (jumprelu; default 1).
     pub l0_coefficient: Option<f32>,
+    /// Target mean L0 of the data-driven threshold initialisation (jumprelu;
+    /// default: none, every θ starts at `threshold`): the first step places
+    /// each threshold so that every latent fires on `init_l0 / n_latents` of its batch.
+    pub init_l0: Option<f32>,
     /// Nested prefix sizes ending at `n_latents` (matryoshka; default N/4, N/2, N).
     pub widths: Option<Vec<usize>>,
     /// The frozen dictionary `D (n_latents × M)` as `.npy` (lista, required).
@@ -129,6 +133,7 @@ const APPLIES_TO: &[(&str, &[TrainMethod])] = {
         ("threshold", &[Jumprelu]),
         ("bandwidth", &[Jumprelu]),
         ("l0_coefficient", &[Jumprelu]),
+        ("init_l0", &[Jumprelu]),
         ("widths", &[Matryoshka]),
         ("dictionary", &[Lista]),
         ("layers", &[Lista]),
@@ -283,6 +288,7 @@ impl TrainConfig {
                 c.threshold = self.threshold.unwrap_or(c.threshold);
                 c.bandwidth = self.bandwidth.unwrap_or(c.bandwidth);
                 c.l0_coefficient = self.l0_coefficient.unwrap_or(c.l0_coefficient);
+                c.init_l0 = self.init_l0;
                 with_lr(&mut c.adam);
                 Model::JumpRelu(Box::new(JumpReluSae::new(c)?))
             }

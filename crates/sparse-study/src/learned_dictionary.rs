@@ -61,8 +61,10 @@ pub struct LearnedDictionaryConfig {
     pub mlp_widths: Vec<usize>,
     /// k of the TopK and BatchTopK SAEs (the true K by default).
     pub topk_k: usize,
-    /// L0 penalty weight of the JumpReLU SAE (threshold and bandwidth start at 0.05).
-    pub jumprelu_l0_coefficient: f32,
+    /// L0 penalty weights of the JumpReLU SAE, chosen on validation code MCC
+    /// (bandwidth 0.05; thresholds initialised from the data so that the L0
+    /// starts at `topk_k`, see [`JumpReluSae::init_thresholds_from_data`]).
+    pub jumprelu_l0_coefficients: Vec<f32>,
     /// Alternating steps of sparse coding.
     pub sparse_coding_steps: usize,
     /// FISTA iterations per sparse-coding step.
@@ -93,7 +95,7 @@ impl Default for LearnedDictionaryConfig {
             lr: 1e-3,
             mlp_widths: vec![32],
             topk_k: 3,
-            jumprelu_l0_coefficient: 0.01,
+            jumprelu_l0_coefficients: vec![0.01, 0.03, 0.1],
             sparse_coding_steps: 200,
             sparse_coding_fista_iters: 50,
             sparse_coding_lambdas: vec![0.01, 0.03, 0.1],
@@ -132,8 +134,8 @@ impl LearnedDictionaryConfig {
             "step counts must be ≥ 1"
         );
         anyhow::ensure!(
-            !self.sparse_coding_lambdas.is_empty(),
-            "sparse_coding_lambdas must not be empty"
+            !self.sparse_coding_lambdas.is_empty() && !self.jumprelu_l0_coefficients.is_empty(),
+            "sparse_coding_lambdas and jumprelu_l0_coefficients must not be empty"
         );
         anyhow::ensure!(
             self.n_train >= 2 && self.n_val >= 2 && self.n_test >= 2,
@@ -152,7 +154,7 @@ pub struct LearnedRun {
     pub seed: u64,
     /// Step (or alternating step) chosen on validation.
     pub selected_step: usize,
-    /// Hyperparameter chosen on validation (sparse coding's λ), if any.
+    /// Hyperparameter chosen on validation (sparse coding's λ, the JumpReLU's L0 weight), if any.
     pub selected_lambda: Option<f64>,
     /// Test code MCC.
     pub code_mcc: f64,
@@ -472,23 +474,36 @@ fn run_seed(
         )?
         .0,
     );
-    let jump = JumpReluConfig {
-        threshold: 0.05,
-        bandwidth: 0.05,
-        l0_coefficient: config.jumprelu_l0_coefficient,
-        adam,
-        ..JumpReluConfig::new(config.n_latents, config.dim, model_seed)
-    };
-    runs.push(
-        train_learner(
+    // JumpReLU: one run per L0 weight, the weight (and step) of best validation code MCC kept.
+    let mut jump_best: Option<(f64, LearnedRun)> = None;
+    for &l0_coefficient in &config.jumprelu_l0_coefficients {
+        let jump = JumpReluConfig {
+            threshold: 0.05,
+            bandwidth: 0.05,
+            l0_coefficient,
+            adam,
+            init_l0: Some(k as f32),
+            ..JumpReluConfig::new(config.n_latents, config.dim, model_seed)
+        };
+        let (mut run, _) = train_learner(
             config,
             (&data, seed),
             "jumprelu",
             JumpReluSae::new(jump)?,
-            progress,
-        )?
-        .0,
-    );
+            &crate::NoProgress,
+        )?;
+        let val = run
+            .curve_val
+            .iter()
+            .map(|p| p.mcc)
+            .fold(f64::NEG_INFINITY, f64::max);
+        run.selected_lambda = Some(f64_of(l0_coefficient));
+        if jump_best.as_ref().is_none_or(|b| val > b.0) {
+            jump_best = Some((val, run));
+        }
+    }
+    runs.push(jump_best.context("empty jumprelu_l0_coefficients")?.1);
+    progress.finished(&format!("jumprelu (seed {seed})"));
     // Matryoshka BatchTopK with nested prefixes of a quarter, a half and all latents.
     let n = config.n_latents;
     let mut widths = vec![(n / 4).max(1), (n / 2).max(1), n];
@@ -632,9 +647,9 @@ impl LearnedDictionaryReport {
     pub fn markdown(&self) -> String {
         let c = &self.config;
         let mut s = format!(
-            "# Learned-dictionary study\n\nN={}, M={}, K={}; {} train / {} validation / {} test samples; {} seeds (data seeds {}…{}, model seed + 42); autoencoders: {} full-batch Adam steps (lr {}, λ={} in the paper's loss); sparse coding: {} alternating steps of FISTA ({} iterations) + dictionary update, λ from {:?} chosen on validation. Test numbers at the step with the best validation code MCC. sparse-infer {}; wall time {:.0} s.\n\n",
+            "# Learned-dictionary study\n\nN={}, M={}, K={}; {} train / {} validation / {} test samples; {} seeds (data seeds {}…{}, model seed + 42); autoencoders: {} full-batch Adam steps (lr {}, λ={} in the paper's loss); sparse coding: {} alternating steps of FISTA ({} iterations) + dictionary update, λ from {:?} chosen on validation; JumpReLU: thresholds started at L0 = {} from the data, L0 weight from {:?} chosen on validation. Test numbers at the step with the best validation code MCC. sparse-infer {}; wall time {:.0} s.\n\n",
             c.n_latents, c.dim, c.k, c.n_train, c.n_val, c.n_test, c.seeds, c.base_seed, c.base_seed + c.seeds as u64 - 1,
-            c.autoencoder_steps, c.lr, c.lambda, c.sparse_coding_steps, c.sparse_coding_fista_iters, c.sparse_coding_lambdas, self.version, self.wall_seconds
+            c.autoencoder_steps, c.lr, c.lambda, c.sparse_coding_steps, c.sparse_coding_fista_iters, c.sparse_coding_lambdas, c.topk_k, c.jumprelu_l0_coefficients, self.version, self.wall_seconds
         );
         s.push_str("| method | code MCC | dict. MCC (Pearson) | dict. cosine | paper code / dict MCC | recon. MSE | explained var. | train FLOPs | inference FLOPs |\n|---|---|---|---|---|---|---|---|---|\n");
         let pm = |(m, sd): (f64, f64)| format!("{m:.3} ± {sd:.3}");

@@ -24,10 +24,31 @@
 //! lr = [1e-3]
 //! steps = [5000]
 //! ```
+//!
+//! A `[[data]]` block with `preset` draws its cells from a realistic
+//! (SynthSAEBench-style) generator of [`sparse_core::realistic_data`] instead
+//! of the paper's: `n_latents`, `dim` and `noise_std` then override the
+//! preset's own values (absent: the preset's), `seeds` its seed, and `k`
+//! (required) is the sparsity the models target (TopK's k), since realistic
+//! codes have no fixed K. The data are divided by one scalar so that the
+//! training split's mean squared coordinate is 1, as in `reproduce
+//! synthetic-realism`; a preset's OOD test split is not used.
+//!
+//! ```toml
+//! [[data]]
+//! preset = ["synthsaebench-laptop"]
+//! n_latents = [256, 512]   # overrides; the hierarchy is truncated to fit
+//! dim = [32]
+//! k = [4]
+//! samples = [2048]
+//! seeds = [42]
+//! ```
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use sparse_core::data::{Split, SyntheticData};
+use sparse_core::realistic_data::{RealisticConfig, RealisticModel};
 use std::path::Path;
 
 /// Whether a run gets the true dictionary or learns its own.
@@ -103,18 +124,26 @@ fn default_eval_points() -> usize {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataGrid {
-    /// Numbers of true features `N`.
-    pub n_latents: Vec<usize>,
-    /// Observed dimensions `M`.
-    pub dim: Vec<usize>,
+    /// Realistic presets ([`sparse_core::realistic_data::PRESETS`]); absent:
+    /// the paper's generator. With presets, `n_latents`, `dim` and
+    /// `noise_std` override the preset's values and may be left out.
+    #[serde(default)]
+    pub preset: Option<Vec<String>>,
+    /// Numbers of true features `N` (required without `preset`).
+    #[serde(default)]
+    pub n_latents: Option<Vec<usize>>,
+    /// Observed dimensions `M` (required without `preset`).
+    #[serde(default)]
+    pub dim: Option<Vec<usize>>,
     /// Active features per sample `K`.
     pub k: Vec<usize>,
     /// Samples per split (train = validation = test).
     #[serde(default = "default_samples")]
     pub samples: Vec<usize>,
-    /// Standard deviations of additive Gaussian noise on `X`.
-    #[serde(default = "default_noise")]
-    pub noise_std: Vec<f64>,
+    /// Standard deviations of additive Gaussian noise on `X` (default 0, or
+    /// the preset's own with `preset`).
+    #[serde(default)]
+    pub noise_std: Option<Vec<f64>>,
     /// Data seeds (model seed = data seed + 42).
     pub seeds: Vec<u64>,
     /// Known and/or learned dictionary.
@@ -124,9 +153,6 @@ pub struct DataGrid {
 
 fn default_samples() -> Vec<usize> {
     vec![1024]
-}
-fn default_noise() -> Vec<f64> {
-    vec![0.0]
 }
 fn default_dictionary() -> Vec<DictionarySetting> {
     vec![DictionarySetting::Learned]
@@ -174,6 +200,11 @@ pub struct DataSpec {
     pub noise_std: f64,
     /// Data seed.
     pub seed: u64,
+    /// Realistic preset the cell is drawn from (`None`: the paper's
+    /// generator). Left out of the canonical JSON when absent, so the run
+    /// keys of paper-generator cells are unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
 }
 
 /// One fully resolved method: exactly the hyperparameters the run uses.
@@ -337,38 +368,66 @@ fn axis<'a, T>(name: &str, values: &'a [T]) -> anyhow::Result<&'a [T]> {
 
 impl DataGrid {
     fn cells(&self) -> anyhow::Result<Vec<DataSpec>> {
+        let presets: Vec<Option<String>> = match &self.preset {
+            None => vec![None],
+            Some(p) => axis("preset", p)?.iter().cloned().map(Some).collect(),
+        };
         let mut cells = Vec::new();
         for &dictionary in axis("dictionary", &self.dictionary)? {
-            for &n_latents in axis("n_latents", &self.n_latents)? {
-                for &dim in axis("dim", &self.dim)? {
-                    for &k in axis("k", &self.k)? {
-                        for &samples in axis("samples", &self.samples)? {
-                            for &noise_std in axis("noise_std", &self.noise_std)? {
-                                for &seed in axis("seeds", &self.seeds)? {
-                                    let cell = DataSpec {
-                                        dictionary,
-                                        n_latents,
-                                        dim,
-                                        k,
-                                        samples,
-                                        noise_std,
-                                        seed,
-                                    };
-                                    cell.synthetic_config().validate().with_context(|| {
-                                        format!(
-                                            "cell N={n_latents}, M={dim}, K={k}, noise {noise_std}"
-                                        )
-                                    })?;
-                                    anyhow::ensure!(
-                                        samples >= 2,
-                                        "samples = {samples}: every split needs at least 2"
-                                    );
-                                    anyhow::ensure!(
-                                        seed <= i64::MAX as u64,
-                                        "seed {seed} is too large (at most {})",
-                                        i64::MAX
-                                    );
-                                    cells.push(cell);
+            for preset in &presets {
+                let base = match preset {
+                    Some(name) => Some(RealisticConfig::preset(name)?),
+                    None => None,
+                };
+                // An absent axis takes the preset's value; without a preset it is required.
+                let own = |name: &str,
+                           axis_values: &Option<Vec<usize>>,
+                           of: fn(&RealisticConfig) -> usize|
+                 -> anyhow::Result<Vec<usize>> {
+                    match (axis_values, &base) {
+                        (Some(v), _) => Ok(axis(name, v)?.to_vec()),
+                        (None, Some(b)) => Ok(vec![of(b)]),
+                        (None, None) => bail!("`{name}` is required (or give a `preset`)"),
+                    }
+                };
+                let noise = match (&self.noise_std, &base) {
+                    (Some(v), _) => axis("noise_std", v)?.to_vec(),
+                    (None, Some(b)) => vec![b.noise_std as f64],
+                    (None, None) => vec![0.0],
+                };
+                for n_latents in own("n_latents", &self.n_latents, |b| b.n_latents)? {
+                    for dim in own("dim", &self.dim, |b| b.dim)? {
+                        for &k in axis("k", &self.k)? {
+                            for &samples in axis("samples", &self.samples)? {
+                                for &noise_std in &noise {
+                                    for &seed in axis("seeds", &self.seeds)? {
+                                        let cell = DataSpec {
+                                            dictionary,
+                                            n_latents,
+                                            dim,
+                                            k,
+                                            samples,
+                                            noise_std,
+                                            seed,
+                                            preset: preset.clone(),
+                                        };
+                                        cell.check().with_context(|| {
+                                            format!(
+                                                "cell {}N={n_latents}, M={dim}, K={k}, noise {noise_std}",
+                                                preset.as_ref().map_or(String::new(), |p| format!("{p} "))
+                                            )
+                                        })?;
+                                        anyhow::ensure!(
+                                            samples >= 2,
+                                            "samples = {samples}: every split needs at least 2"
+                                        );
+                                        anyhow::ensure!(
+                                            seed <= i64::MAX as u64,
+                                            "seed {seed} is too large (at most {})",
+                                            i64::MAX
+                                        );
+                                        cells.push(cell);
+                                    }
                                 }
                             }
                         }
@@ -381,12 +440,69 @@ impl DataGrid {
 }
 
 impl DataSpec {
-    /// The generator configuration of this cell.
+    /// The paper generator's configuration of this cell (also for a preset
+    /// cell, where only its sizes, K, noise and seed mean anything).
     pub fn synthetic_config(&self) -> sparse_core::data::SyntheticConfig {
         let mut c =
             sparse_core::data::SyntheticConfig::paper(self.n_latents, self.dim, self.k, self.seed);
         c.noise_std = self.noise_std as f32;
         c
+    }
+
+    /// The realistic generator's configuration of a preset cell (its sizes,
+    /// noise and seed overriding the preset's); `None` for a paper cell.
+    pub fn realistic_config(&self) -> anyhow::Result<Option<RealisticConfig>> {
+        let Some(name) = &self.preset else {
+            return Ok(None);
+        };
+        let mut c = RealisticConfig::preset(name)?;
+        c.n_latents = self.n_latents;
+        c.dim = self.dim;
+        c.noise_std = self.noise_std as f32;
+        c.seed = self.seed;
+        Ok(Some(c))
+    }
+
+    /// Checks the cell: the generator's configuration, and `1 ≤ K ≤ N`.
+    fn check(&self) -> anyhow::Result<()> {
+        match self.realistic_config()? {
+            Some(c) => {
+                c.validate()?;
+                anyhow::ensure!(
+                    self.k >= 1 && self.k <= self.n_latents,
+                    "k = {} must be between 1 and N = {}",
+                    self.k,
+                    self.n_latents
+                );
+            }
+            None => self.synthetic_config().validate()?,
+        }
+        Ok(())
+    }
+
+    /// Train, validation and test splits of `samples` each. A preset cell's
+    /// data are divided by one scalar so that the training split's mean
+    /// squared coordinate is 1 (codes too, so `X = Z·D` still holds).
+    pub fn generate(&self) -> anyhow::Result<SyntheticData> {
+        let s = self.samples;
+        let Some(config) = self.realistic_config()? else {
+            return Ok(self.synthetic_config().generate(s, s, s)?);
+        };
+        let data = RealisticModel::new(&config)?.generate(s, s, s)?;
+        let x = data.train.x.as_slice();
+        let scale =
+            ((data.train.x.norm_sq() / x.len() as f64).sqrt() as f32).max(f32::MIN_POSITIVE);
+        let scaled = |mut split: Split| {
+            split.x.as_mut_slice().iter_mut().for_each(|v| *v /= scale);
+            split.z.as_mut_slice().iter_mut().for_each(|v| *v /= scale);
+            split
+        };
+        Ok(SyntheticData {
+            dictionary: data.dictionary,
+            train: scaled(data.train),
+            val: scaled(data.val),
+            test: scaled(data.test),
+        })
     }
 }
 
@@ -613,6 +729,98 @@ mod tests {
         }
     }
 
+    const PRESET_GRID: &str = r#"
+        name = "r"
+        [[data]]
+        preset = ["ood-laptop", "synthsaebench-laptop"]
+        n_latents = [64, 128]
+        k = [3]
+        samples = [256]
+        seeds = [9]
+        [[method]]
+        kind = "topk"
+        steps = [10]
+    "#;
+
+    #[test]
+    fn preset_cells_override_the_preset_and_keep_paper_keys_unchanged() {
+        let runs = SweepConfig::from_toml(PRESET_GRID)
+            .unwrap()
+            .expand()
+            .unwrap();
+        // 2 presets × 2 N × 1 seed.
+        assert_eq!(runs.len(), 4);
+        for r in &runs {
+            let d = &r.data;
+            let name = d.preset.as_deref().unwrap();
+            let c = d.realistic_config().unwrap().unwrap();
+            let preset = sparse_core::realistic_data::RealisticConfig::preset(name).unwrap();
+            // N and the seed overridden; M and noise are the preset's own.
+            assert_eq!((c.n_latents, c.seed), (d.n_latents, 9));
+            assert_eq!((c.dim, d.dim), (preset.dim, preset.dim));
+            assert_eq!(c.noise_std, preset.noise_std);
+            assert_eq!((c.firing, c.hierarchy), (preset.firing, preset.hierarchy));
+            assert!(r.canonical_json().contains(name));
+            assert!(
+                r.method
+                    == MethodSpec::Topk {
+                        k: 3,
+                        lr: 1e-3,
+                        steps: 10
+                    }
+            );
+        }
+        // A paper cell's canonical JSON (its run key's only input) has no
+        // preset field: stores written before presets existed stay valid.
+        let paper = &SweepConfig::from_toml(GRID).unwrap().expand().unwrap()[0];
+        assert!(paper.data.preset.is_none());
+        assert!(!paper.canonical_json().contains("preset"));
+        // Generated data: the preset's law, divided so the mean square is 1.
+        let mut spec = runs[0].data.clone();
+        spec.samples = 64;
+        let data = spec.generate().unwrap();
+        let x = data.train.x.as_slice();
+        let ms = x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / x.len() as f64;
+        assert!((ms - 1.0).abs() < 1e-4, "mean square {ms}");
+        assert_eq!(data.train.z.shape(), (64, spec.n_latents));
+        assert_eq!(data.test.x.shape(), (64, spec.dim));
+        let again = spec.generate().unwrap();
+        assert_eq!(again.val.x, data.val.x);
+    }
+
+    #[test]
+    fn bad_preset_grids_fail_with_the_offending_name() {
+        let cases = [
+            (
+                PRESET_GRID.replace("\"ood-laptop\", ", "\"nope\", "),
+                "expected one of synthsaebench-16k, synthsaebench-laptop, ood-laptop",
+            ),
+            (
+                PRESET_GRID.replace("preset = [\"ood-laptop\", \"synthsaebench-laptop\"]\n", ""),
+                "`dim` is required (or give a `preset`)",
+            ),
+            (
+                PRESET_GRID.replace("k = [3]", "k = [100]"),
+                "k = 100 must be between 1 and N = 64",
+            ),
+            (
+                PRESET_GRID.replace(
+                    "preset = [\"ood-laptop\", \"synthsaebench-laptop\"]",
+                    "preset = []",
+                ),
+                "axis `preset` is empty",
+            ),
+            (
+                PRESET_GRID.replace("seeds = [9]", "seeds = [9]\nnoise_std = [-0.5]"),
+                "noise",
+            ),
+        ];
+        for (text, needle) in cases {
+            let err = format!("{:#}", SweepConfig::from_toml(&text).unwrap_err());
+            assert!(err.contains(needle), "{needle:?} not in {err:?}");
+        }
+    }
+
     #[test]
     fn every_shipped_sweep_expands() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/sweeps");
@@ -635,6 +843,8 @@ mod tests {
         // λ: 9 values × 3 methods × 3 seeds; TopK: 8 k + 2 references, 3 seeds.
         assert_eq!(sizes["lambda"], 9 * 3 * 3);
         assert_eq!(sizes["topk"], 10 * 3);
-        assert_eq!(sizes.len(), 8, "{sizes:?}");
+        // Realistic data: 2 N × 2 seeds × 3 methods.
+        assert_eq!(sizes["realistic"], 2 * 2 * 3);
+        assert_eq!(sizes.len(), 9, "{sizes:?}");
     }
 }

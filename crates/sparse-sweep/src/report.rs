@@ -21,6 +21,8 @@ use std::path::Path;
 /// The data cell of a configuration (no seed), ordered for tables.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Cell {
+    /// Realistic preset of the data (`None`: the paper's generator).
+    preset: Option<String>,
     dictionary: DictionarySetting,
     n_latents: usize,
     dim: usize,
@@ -36,7 +38,10 @@ impl Cell {
     }
     fn describe(&self) -> String {
         format!(
-            "N={} M={} K={} n={} noise={}",
+            "{}N={} M={} K={} n={} noise={}",
+            self.preset
+                .as_ref()
+                .map_or(String::new(), |p| format!("{p} ")),
             self.n_latents,
             self.dim,
             self.k,
@@ -160,6 +165,7 @@ fn items(runs: &[StoredRun]) -> Vec<Item<'_>> {
             Item {
                 run,
                 cell: Cell {
+                    preset: d.preset.clone(),
                     dictionary: d.dictionary,
                     n_latents: d.n_latents,
                     dim: d.dim,

@@ -52,6 +52,14 @@ pub struct JumpReluConfig {
     pub project_decoder_gradient: bool,
     /// Seed of the initialisation.
     pub seed: u64,
+    /// Data-driven threshold initialisation: when set, the first training
+    /// step first calls [`JumpReluSae::init_thresholds_from_data`] on its
+    /// batch with this target, so training starts at a mean L0 of about
+    /// `init_l0` whatever the scale of the pre-activations; `threshold` then
+    /// only matters before that step. `None` (the default, as SAELens) keeps
+    /// every θ at `threshold`.
+    #[serde(default)]
+    pub init_l0: Option<f32>,
 }
 
 impl JumpReluConfig {
@@ -67,11 +75,13 @@ impl JumpReluConfig {
             adam: AdamConfig::with_lr(1e-3),
             project_decoder_gradient: true,
             seed,
+            init_l0: None,
         }
     }
 
     /// Checks sizes (≥ 1), `threshold` and `bandwidth` finite and `> 0`,
-    /// `l0_coefficient` finite and `≥ 0`, and the Adam hyperparameters.
+    /// `l0_coefficient` finite and `≥ 0`, `init_l0` (if set) in `(0, N)`,
+    /// and the Adam hyperparameters.
     pub fn validate(&self) -> Result<()> {
         validate_common(self.n_latents, self.dim, 0.0, &self.adam)?;
         for (name, v) in [("threshold", self.threshold), ("bandwidth", self.bandwidth)] {
@@ -86,8 +96,23 @@ impl JumpReluConfig {
                 "must be finite and non-negative",
             ));
         }
+        if let Some(l0) = self.init_l0 {
+            check_target_l0(l0 as f64, self.n_latents)?;
+        }
         Ok(())
     }
+}
+
+/// A target mean L0 must be finite and in `(0, n_latents)`.
+fn check_target_l0(l0: f64, n_latents: usize) -> Result<()> {
+    if !(l0.is_finite() && l0 > 0.0 && l0 < n_latents as f64) {
+        return Err(Error::invalid(
+            "init_l0",
+            l0,
+            &format!("must be in (0, {n_latents}), the number of latents"),
+        ));
+    }
+    Ok(())
 }
 
 /// Gradients of the JumpReLU loss (threshold: the straight-through estimate).
@@ -118,6 +143,9 @@ pub struct JumpReluSae {
     threshold_adam: Adam,
     /// Mean active latents per sample at the last training step (`N` before any).
     last_l0: f64,
+    /// Whether the thresholds were set from data (`config.init_l0`) already.
+    #[serde(default)]
+    thresholds_from_data: bool,
 }
 
 /// One forward/backward's buffers (allocated per call: batches are small next
@@ -149,6 +177,7 @@ impl JumpReluSae {
             log_threshold: vec![config.threshold.ln(); nl],
             b_dec: vec![0.0; m],
             last_l0: nl as f64,
+            thresholds_from_data: false,
             config,
             encoder,
             dictionary,
@@ -214,11 +243,58 @@ impl JumpReluSae {
         ))
     }
 
+    /// Places every threshold from data: θ_j becomes the pre-activation of
+    /// latent `j` that `round(n·target_l0/N)` of the `n` rows of `x` exceed,
+    /// so that every latent fires on a fraction `target_l0/N` of `x` and the
+    /// mean L0 on `x` is about `target_l0`. A quantile that is not positive
+    /// (the latent is rarely positive on `x`) becomes 1e-3 × the root mean
+    /// square pre-activation, since θ must stay positive.
+    ///
+    /// Why: θ is learned in log space by Adam, which moves `log θ` by about
+    /// `lr` per step, so a θ started orders of magnitude away from the scale
+    /// of the pre-activations (SAELens' 0.001–0.01) needs thousands of steps
+    /// before the L0 penalty can act; DeepMind and SAELens make up for it
+    /// with billions of training tokens. Starting at the operating point
+    /// (as Anthropic's JumpReLU recipe does by setting `b_enc` so that each
+    /// latent fires on a fixed fraction of the data) leaves the L0 penalty to
+    /// trade sparsity for reconstruction from the first step. Fails, changing
+    /// nothing, on bad input or a target outside `(0, N)`.
+    pub fn init_thresholds_from_data(&mut self, x: &Matrix, target_l0: f64) -> Result<()> {
+        check_training_batch(x, &self.dictionary, self.config.n_latents, self.config.dim)?;
+        check_target_l0(target_l0, self.config.n_latents)?;
+        let pre = self.forward(x).pre;
+        let n = pre.rows();
+        let rms = (pre.norm_sq() / pre.as_slice().len() as f64).sqrt() as f32;
+        let floor = if rms > 0.0 {
+            1e-3 * rms
+        } else {
+            self.config.threshold
+        };
+        let above =
+            ((n as f64 * target_l0 / self.config.n_latents as f64).round() as usize).min(n - 1);
+        let mut column = vec![0.0f32; n];
+        for (j, log_t) in self.log_threshold.iter_mut().enumerate() {
+            for (i, c) in column.iter_mut().enumerate() {
+                *c = pre.get(i, j);
+            }
+            // Descending order: `above` values sit strictly before index `above`.
+            let (_, &mut q, _) = column.select_nth_unstable_by(above, |a, b| b.total_cmp(a));
+            *log_t = q.max(floor).ln();
+        }
+        self.thresholds_from_data = true;
+        Ok(())
+    }
+
     /// One Adam step of `W_enc`, `b_enc`, `b_dec`, `log θ` and `D` (projected
     /// when configured, renormalised). Returns the loss before the step;
-    /// fails, changing nothing, on bad input or a non-finite loss.
+    /// fails, changing nothing, on bad input or a non-finite loss. With
+    /// `config.init_l0`, the first step first sets the thresholds from its
+    /// batch ([`Self::init_thresholds_from_data`]).
     pub fn train_step(&mut self, x: &Matrix) -> Result<f32> {
         check_training_batch(x, &self.dictionary, self.config.n_latents, self.config.dim)?;
+        if let (Some(l0), false) = (self.config.init_l0, self.thresholds_from_data) {
+            self.init_thresholds_from_data(x, l0 as f64)?;
+        }
         let (loss, mut p) = self.forward_backward(x);
         check_loss(loss)?;
         self.encoder.step(&p.grads);
@@ -471,6 +547,86 @@ mod tests {
         assert!(last < 0.5 * first, "loss {first} -> {last}");
         assert!(sae.last_l0() < l0_first);
         assert!(mcc > mcc0 + 0.05, "dict MCC {mcc0} -> {mcc}");
+    }
+
+    /// Trains on 1024 samples of the paper's generator (N = 64, M = 16,
+    /// K = 3), width 64, mini-batches of 128, lr 1e-3, 400 steps; returns the
+    /// mean L0 on held-out data and the model.
+    fn l0_after_training(init_l0: Option<f32>, l0_coefficient: f32) -> (f64, JumpReluSae) {
+        let data = SyntheticConfig::paper(64, 16, 3, 11)
+            .generate(1024, 512, 0)
+            .unwrap();
+        let mut sae = JumpReluSae::new(JumpReluConfig {
+            threshold: 0.05,
+            bandwidth: 0.05,
+            l0_coefficient,
+            init_l0,
+            ..JumpReluConfig::new(64, 16, 5)
+        })
+        .unwrap();
+        let mut batches = crate::data::MiniBatches::new(5, 128, &data.train.x).unwrap();
+        for step in 0..400 {
+            sae.train_step(batches.batch(&data.train.x, step)).unwrap();
+        }
+        let l0 = crate::metrics::l0(&sae.encode(&data.val.x).unwrap()).mean_count;
+        (l0, sae)
+    }
+
+    #[test]
+    fn data_driven_thresholds_reach_the_target_l0_where_a_fixed_start_does_not() {
+        // The old start (every θ at 0.05, far below the pre-activations'
+        // scale) is still dense after 400 steps: Adam moves log θ by ≈ lr per step.
+        let (dense, _) = l0_after_training(None, 0.01);
+        // Started at L0 = K, the penalty holds it there.
+        let (sparse, sae) = l0_after_training(Some(3.0), 0.01);
+        eprintln!("held-out L0 after 400 steps: fixed θ₀ {dense:.2}, data-driven {sparse:.2}");
+        assert!(dense > 10.0, "fixed start L0 {dense}");
+        assert!((1.5..=6.0).contains(&sparse), "data-driven L0 {sparse}");
+        assert!(sae.thresholds_from_data);
+        // A larger penalty gives a sparser model from the same start.
+        let (sparser, _) = l0_after_training(Some(3.0), 1.0);
+        assert!(sparser < sparse, "L0 {sparser} at λ=1 vs {sparse} at 0.01");
+    }
+
+    #[test]
+    fn threshold_initialisation_hits_the_target_exactly_on_its_batch() {
+        let (x, _) = random_problem(200, 4, 10, 3);
+        let mut sae = JumpReluSae::new(JumpReluConfig::new(10, 4, 1)).unwrap();
+        sae.init_thresholds_from_data(&x, 2.0).unwrap();
+        // 200 · 2/10 = 40 rows above θ_j for every latent (continuous data: no ties).
+        let z = sae.encode(&x).unwrap();
+        for j in 0..10 {
+            let active = (0..200).filter(|&i| z.get(i, j) > 0.0).count();
+            assert_eq!(active, 40, "latent {j}");
+        }
+        assert!(sae.threshold().iter().all(|&t| t > 0.0));
+        for bad in [0.0, -1.0, 10.0, f64::NAN] {
+            assert!(sae.init_thresholds_from_data(&x, bad).is_err(), "{bad}");
+        }
+        assert!(sae
+            .init_thresholds_from_data(&Matrix::zeros(3, 5), 2.0)
+            .is_err());
+        let bad = JumpReluConfig {
+            init_l0: Some(10.0),
+            ..JumpReluConfig::new(10, 4, 1)
+        };
+        assert!(JumpReluSae::new(bad).is_err());
+        // Only the first step initialises: a later batch does not reset θ.
+        let mut lazy = JumpReluSae::new(JumpReluConfig {
+            init_l0: Some(2.0),
+            ..JumpReluConfig::new(10, 4, 1)
+        })
+        .unwrap();
+        lazy.train_step(&x).unwrap();
+        let after_first = lazy.threshold();
+        lazy.train_step(&x).unwrap();
+        let moved = lazy
+            .threshold()
+            .iter()
+            .zip(&after_first)
+            .map(|(a, b)| (a / b).ln().abs())
+            .fold(0.0f32, f32::max);
+        assert!(moved < 2e-3, "θ moved by a factor e^{moved} in one step");
     }
 
     #[test]
