@@ -524,10 +524,20 @@ fn best<'g>(groups: &'g [Group], cell: &Cell, kind: MethodKind) -> Option<&'g Gr
 }
 
 fn scaling(r: &mut Report<'_>, groups: &[Group]) -> anyhow::Result<()> {
-    for dict in dictionaries(groups) {
+    // One section per dictionary setting and data generator (the paper's, or a preset).
+    let generators: BTreeSet<Option<&str>> =
+        groups.iter().map(|g| g.cell.preset.as_deref()).collect();
+    for (dict, preset) in dictionaries(groups)
+        .into_iter()
+        .flat_map(|d| generators.iter().map(move |p| (d, *p)))
+    {
+        let (on_data, suffix) = match preset {
+            Some(p) => (format!(", {p} data"), format!("_{p}")),
+            None => (String::new(), String::new()),
+        };
         let cells: BTreeSet<&Cell> = groups
             .iter()
-            .filter(|g| g.cell.dictionary == dict)
+            .filter(|g| g.cell.dictionary == dict && g.cell.preset.as_deref() == preset)
             .map(|g| &g.cell)
             .collect();
         let rows: Vec<(&Cell, &Group, &Group, Option<&Group>)> = cells
@@ -546,7 +556,7 @@ fn scaling(r: &mut Report<'_>, groups: &[Group]) -> anyhow::Result<()> {
             continue;
         }
         r.text(&format!(
-            "## Scaling: sparse-coding advantage over the SAE ({} dictionary)",
+            "## Scaling: sparse-coding advantage over the SAE ({} dictionary{on_data})",
             dict.as_str()
         ));
         r.text("Advantage = test code MCC of sparse coding − that of the SAE, each at its best configuration in the cell (mean over seeds). \
@@ -583,9 +593,12 @@ fn scaling(r: &mut Report<'_>, groups: &[Group]) -> anyhow::Result<()> {
                     format!("{} ({})", pm(&g.code_mcc), g.label)
                 }),
                 format!("{adv:+.3}"),
-                paper_scaling(c.n_latents, c.dim, c.k).map_or("–".into(), |(a, b)| {
-                    format!("{a:.2} / {b:.2} ({:+.2})", a - b)
-                }),
+                // The paper's numbers are for its own generator only.
+                paper_scaling(c.n_latents, c.dim, c.k)
+                    .filter(|_| preset.is_none())
+                    .map_or("–".into(), |(a, b)| {
+                        format!("{a:.2} / {b:.2} ({:+.2})", a - b)
+                    }),
             ]);
         }
         r.table(&t);
@@ -607,7 +620,7 @@ fn scaling(r: &mut Report<'_>, groups: &[Group]) -> anyhow::Result<()> {
             .collect();
         let heat = Heatmap {
             title: format!(
-                "Sparse coding − SAE test code MCC ({} dictionary)",
+                "Sparse coding − SAE test code MCC ({} dictionary{on_data})",
                 dict.as_str()
             ),
             x_desc: "N/M".into(),
@@ -628,7 +641,7 @@ fn scaling(r: &mut Report<'_>, groups: &[Group]) -> anyhow::Result<()> {
                 .collect(),
         };
         r.figure(
-            &format!("scaling_heatmap_{}", dict.as_str()),
+            &format!("scaling_heatmap_{}{suffix}", dict.as_str()),
             "sparse-coding advantage over N/M and K",
             &heat,
         )?;
@@ -655,7 +668,7 @@ fn scaling(r: &mut Report<'_>, groups: &[Group]) -> anyhow::Result<()> {
             .flat_map(|s| s.points.iter().map(|p| p.1))
             .fold(0.0f64, f64::max);
         let title = format!(
-            "Sparse-coding advantage vs N/M ({} dictionary, mean over K)",
+            "Sparse-coding advantage vs N/M ({} dictionary{on_data}, mean over K)",
             dict.as_str()
         );
         let spec = FigureSpec {
@@ -666,7 +679,7 @@ fn scaling(r: &mut Report<'_>, groups: &[Group]) -> anyhow::Result<()> {
             y_range: (lo - 0.05, hi + 0.05),
         };
         r.chart(
-            &format!("scaling_advantage_{}", dict.as_str()),
+            &format!("scaling_advantage_{}{suffix}", dict.as_str()),
             &spec,
             &series,
             usize::MAX,
@@ -935,7 +948,10 @@ fn configurations(r: &mut Report<'_>, groups: &[Group]) {
     for g in groups {
         let c = &g.cell;
         t.rows.push(vec![
-            c.dictionary.as_str().into(),
+            match &c.preset {
+                Some(p) => format!("{} ({p} data)", c.dictionary.as_str()),
+                None => c.dictionary.as_str().into(),
+            },
             c.n_latents.to_string(),
             c.dim.to_string(),
             c.k.to_string(),
@@ -1165,5 +1181,94 @@ mod tests {
                 .count(),
             2 * summary.figures
         );
+    }
+
+    /// Preset cells get their own scaling section, without the paper's
+    /// numbers (those are for the paper's generator), even where N, M and K
+    /// equal a paper cell's.
+    #[test]
+    fn preset_cells_are_reported_apart_from_paper_cells() {
+        let grid = |preset: &str| {
+            format!(
+                r#"
+                name = "t"
+                [[data]]
+                {preset}
+                n_latents = [16, 32]
+                dim = [8]
+                k = [3]
+                seeds = [1]
+                [[method]]
+                kind = "sae"
+                steps = [10]
+                [[method]]
+                kind = "sparse-coding"
+                steps = [5]
+                "#
+            )
+        };
+        let mut specs = SweepConfig::from_toml(&grid("")).unwrap().expand().unwrap();
+        specs.extend(
+            SweepConfig::from_toml(&grid("preset = [\"ood-laptop\"]"))
+                .unwrap()
+                .expand()
+                .unwrap(),
+        );
+        let runs: Vec<StoredRun> = specs
+            .into_iter()
+            .map(|spec| {
+                // Paper cells: advantage 0.2; preset cells: 0.5.
+                let mcc = match (spec.method.kind(), &spec.data.preset) {
+                    (MethodKind::SparseCoding, _) => 0.9,
+                    (_, None) => 0.7,
+                    (_, Some(_)) => 0.4,
+                };
+                StoredRun {
+                    run_key: spec.key(),
+                    sweep: "t".into(),
+                    config_json: spec.canonical_json(),
+                    outcome: RunOutcome {
+                        code_mcc: mcc,
+                        dictionary_mcc: Some(0.8),
+                        train_flops: 1e6,
+                        inference_flops: 1e3,
+                        result_json: "{}".into(),
+                        wall_seconds: 1.0,
+                    },
+                    spec,
+                    version: "0".into(),
+                    finished_unix: 0,
+                }
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        write_report(&runs, dir.path(), &[]).unwrap();
+        let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+        let paper = md
+            .find("## Scaling: sparse-coding advantage over the SAE (learned dictionary)")
+            .expect("paper section");
+        let preset = md
+            .find("## Scaling: sparse-coding advantage over the SAE (learned dictionary, ood-laptop data)")
+            .expect("preset section");
+        let (first, second) = if paper < preset {
+            (&md[paper..preset], &md[preset..])
+        } else {
+            (&md[paper..], &md[preset..paper])
+        };
+        // The paper's N=16, M=8, K=3 number appears in the paper section only.
+        assert!(
+            first.contains("0.73 / 0.64") && first.contains("+0.200"),
+            "{first}"
+        );
+        assert!(
+            !second.contains("0.73 / 0.64") && second.contains("+0.500"),
+            "{second}"
+        );
+        assert!(dir
+            .path()
+            .join("figures/scaling_heatmap_learned_ood-laptop.svg")
+            .exists());
+        assert!(md.contains("ood-laptop N=16 M=8 K=3"));
+        assert!(md.contains("| learned (ood-laptop data) | 16 | 8 | 3 |"));
     }
 }
