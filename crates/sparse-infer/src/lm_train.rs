@@ -1,6 +1,6 @@
 //! `sparse-infer train --config lm.toml` when the configuration names a
 //! `store` (streaming training over an activation store, `sparse_train`),
-//! and `sparse-infer evaluate` (held-out metrics of a checkpoint on a split).
+//! (`sparse-infer evaluate` lives in `lm_eval`).
 //!
 //! ```toml
 //! store = "stores/smollm2-l15"     # activation store (relative to this file)
@@ -32,10 +32,9 @@
 //! an uninterrupted run.
 
 use anyhow::{bail, Context, Result};
-use sparse_core::checkpoint;
-use sparse_store::{ActivationStore, Split, Splits, MANIFEST_FILE};
-use sparse_train::{EvalOptions, RunConfig};
-use std::path::{Path, PathBuf};
+use sparse_store::MANIFEST_FILE;
+use sparse_train::RunConfig;
+use std::path::Path;
 
 /// Whether the training configuration at `path` names a `store` (read
 /// errors are left to the caller's own reading).
@@ -93,77 +92,5 @@ pub fn train(config_path: &Path, progress: indicatif::ProgressBar) -> Result<()>
     .with_context(|| format!("{}", config_path.display()))?;
     progress.finish_and_clear();
     println!("{}", serde_json::to_string(&summary)?);
-    Ok(())
-}
-
-/// Arguments of `evaluate`.
-#[derive(clap::Args, Debug)]
-pub struct EvaluateArgs {
-    /// Checkpoint folder (written by `train`).
-    #[arg(long)]
-    model: PathBuf,
-    /// Activation store folder.
-    #[arg(long)]
-    store: PathBuf,
-    /// Split to evaluate.
-    #[arg(long, value_enum, default_value_t = SplitArg::Test)]
-    split: SplitArg,
-    /// Rows per batch.
-    #[arg(long, default_value_t = 4096)]
-    batch_size: usize,
-    /// Evaluate at most this many tokens.
-    #[arg(long)]
-    max_tokens: Option<u64>,
-    /// Held-out fractions `VALIDATION,TEST` (default: those the checkpoint was trained with, else 0.05,0.05).
-    #[arg(long, value_delimiter = ',', num_args = 2)]
-    fractions: Option<Vec<f64>>,
-}
-
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum SplitArg {
-    Train,
-    Validation,
-    Test,
-}
-
-/// Prints the held-out metrics of a checkpoint as JSON.
-pub fn evaluate(a: EvaluateArgs) -> Result<()> {
-    if a.batch_size == 0 {
-        bail!("--batch-size must be at least 1");
-    }
-    let ckpt = checkpoint::load(&a.model)
-        .with_context(|| format!("loading the checkpoint {}", a.model.display()))?;
-    let store = ActivationStore::open(&a.store)
-        .with_context(|| format!("opening the store {}", a.store.display()))?;
-    let splits = match a.fractions.as_deref() {
-        Some([v, t]) => Some(Splits::new(*v, *t)?),
-        _ => None,
-    };
-    let split = match a.split {
-        SplitArg::Train => Split::Train,
-        SplitArg::Validation => Split::Validation,
-        SplitArg::Test => Split::Test,
-    };
-    let opts = EvalOptions {
-        split,
-        splits,
-        batch_size: a.batch_size,
-        max_tokens: a.max_tokens,
-    };
-    let metrics = sparse_train::evaluate(&ckpt, &store, opts)
-        .with_context(|| format!("evaluating {} on {}", a.model.display(), a.store.display()))?;
-    let run = sparse_train::stored_run(&ckpt);
-    let mut out = serde_json::to_value(&metrics)?;
-    let obj = out.as_object_mut().expect("an object");
-    obj.insert("model".into(), serde_json::json!(a.model));
-    obj.insert("method".into(), serde_json::json!(ckpt.method));
-    obj.insert("step".into(), serde_json::json!(ckpt.step));
-    obj.insert("store".into(), serde_json::json!(a.store));
-    obj.insert("split".into(), serde_json::json!(split));
-    obj.insert(
-        "scale".into(),
-        serde_json::json!(run.as_ref().map_or(1.0, |r| r.scale)),
-    );
-    println!("{}", serde_json::to_string(&out)?);
     Ok(())
 }

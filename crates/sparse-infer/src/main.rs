@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 mod bench;
 mod harvest_cmd;
+mod lm_eval;
 mod lm_train;
 mod saelens_cmd;
 mod synth_preset;
@@ -61,7 +62,9 @@ enum Command {
     /// Run a language model over text and store its activations at one hook point (resumable).
     Harvest(harvest_cmd::HarvestArgs),
     /// Held-out metrics of a trained checkpoint on a split of an activation store; prints JSON.
-    Evaluate(lm_train::EvaluateArgs),
+    Evaluate(lm_eval::EvaluateArgs),
+    /// An SAE's own encoder against per-sample inference (FISTA, OMP, MP, SAE+FISTA) on its decoder, on held-out tokens of a store; prints JSON.
+    CompareEncoders(lm_eval::CompareArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -352,7 +355,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Report(a) => report(a),
         Command::Export(a) => saelens_cmd::export(a),
         Command::Harvest(a) => harvest_cmd::harvest_cmd(a),
-        Command::Evaluate(a) => lm_train::evaluate(a),
+        Command::Evaluate(a) => lm_eval::evaluate(a),
+        Command::CompareEncoders(a) => lm_eval::compare_encoders(a),
     }
 }
 

@@ -90,6 +90,21 @@ pub struct DownstreamLoss {
     pub loss_recovered: f64,
 }
 
+impl DownstreamLoss {
+    /// The record of three mean cross-entropies: `ce_increase = spliced − clean`,
+    /// `loss_recovered = (zero − spliced) / (zero − clean)` (NaN, serialised
+    /// as `null`, when zero-ablation costs nothing).
+    pub fn from_losses(ce_clean: f64, ce_spliced: f64, ce_zero_ablation: f64) -> Self {
+        DownstreamLoss {
+            ce_clean,
+            ce_spliced,
+            ce_zero_ablation,
+            ce_increase: ce_spliced - ce_clean,
+            loss_recovered: (ce_zero_ablation - ce_spliced) / (ce_zero_ablation - ce_clean),
+        }
+    }
+}
+
 /// Held-out metrics (definitions in the module documentation).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HeldOutMetrics {
@@ -237,6 +252,27 @@ mod tests {
 
     fn m(rows: usize, cols: usize, v: &[f32]) -> Matrix {
         Matrix::from_vec(rows, cols, v.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn downstream_loss_formula_hand_computed() {
+        // clean 2, spliced 2.5, zero-ablation 4: increase 0.5, recovered 1.5/2.
+        let d = DownstreamLoss::from_losses(2.0, 2.5, 4.0);
+        assert_eq!(d.ce_increase, 0.5);
+        assert_eq!(d.loss_recovered, 0.75);
+        assert_eq!(
+            DownstreamLoss::from_losses(2.0, 2.0, 4.0).loss_recovered,
+            1.0
+        );
+        assert_eq!(
+            DownstreamLoss::from_losses(2.0, 4.0, 4.0).loss_recovered,
+            0.0
+        );
+        // Worse than zero-ablation: negative.
+        assert_eq!(
+            DownstreamLoss::from_losses(2.0, 5.0, 4.0).loss_recovered,
+            -0.5
+        );
     }
 
     #[test]
