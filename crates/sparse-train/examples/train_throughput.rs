@@ -1,6 +1,6 @@
 //! Training throughput (tokens/s) of the streaming trainer on a store of
 //! random-ish activations: `cargo run --release -p sparse-train --example
-//! throughput -- [d] [width] [batch] [steps] [contexts]` (defaults 576, 4608,
+//! train_throughput -- [d] [width] [batch] [steps] [contexts]` (defaults 576, 4608,
 //! 4096, 20, 400). Builds the store in a temporary folder, then times a ReLU
 //! SAE and a TopK (k = 32) SAE separately, each on the same batches.
 

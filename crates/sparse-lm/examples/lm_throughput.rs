@@ -3,7 +3,7 @@
 //! warm-up, timed over a few distinct batches.
 //!
 //! ```text
-//! cargo run --release -p sparse-lm --example throughput -- [HOOK] [BATCH] [SEQ] [REPS]
+//! cargo run --release -p sparse-lm --example lm_throughput -- [HOOK] [BATCH] [SEQ] [REPS]
 //! ```
 //! Defaults: `blocks.15.hook_resid_post 8 128 4`. Needs `scripts/fetch-assets`.
 
