@@ -6,7 +6,8 @@
 //! passage), and the stream depends only on the file list and the tokenizer — a resumed
 //! harvest skips the contexts it already stored and continues with the same ones.
 
-use crate::corpus::{read_document, CorpusError};
+use crate::corpus::read_document;
+use sparse_core::Error;
 use std::path::PathBuf;
 
 /// One context: `context` token ids from one document.
@@ -54,7 +55,7 @@ impl<F> Iterator for ContextStream<F>
 where
     F: FnMut(&str) -> Result<Vec<u32>, String>,
 {
-    type Item = Result<Context, CorpusError>;
+    type Item = Result<Context, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
@@ -81,7 +82,7 @@ where
                     self.next_offset = 0;
                 }
                 Err(reason) => {
-                    return Some(Err(CorpusError::Format {
+                    return Some(Err(Error::Format {
                         path,
                         reason: format!("tokenizer failed: {reason}"),
                     }))

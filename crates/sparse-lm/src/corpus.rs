@@ -39,43 +39,22 @@ pub struct Document {
     pub words: Option<Vec<TaggedWord>>,
 }
 
-/// A corpus file that could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum CorpusError {
-    /// The file or folder could not be read.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file was read but does not have the expected format.
-    #[error("{path}: {reason}")]
-    Format {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
-}
-
-/// Result alias of this module.
-pub type Result<T> = std::result::Result<T, CorpusError>;
+// Errors are sparse-core's: `Io` (a file or folder that cannot be read) and
+// `Format` (read, but not in the expected format), both naming the file.
+use sparse_core::{Error, Result};
 
 /// Expands folders into their files (sorted by name, hidden files skipped, not
 /// recursive) and keeps files as given, so the document order is reproducible.
 pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for input in inputs {
-        let meta = std::fs::metadata(input).map_err(|source| CorpusError::Io {
+        let meta = std::fs::metadata(input).map_err(|source| Error::Io {
             path: input.clone(),
             source,
         })?;
         if meta.is_dir() {
             let mut entries: Vec<PathBuf> = std::fs::read_dir(input)
-                .map_err(|source| CorpusError::Io {
+                .map_err(|source| Error::Io {
                     path: input.clone(),
                     source,
                 })?
@@ -90,7 +69,7 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
                 .collect();
             entries.sort();
             if entries.is_empty() {
-                return Err(CorpusError::Format {
+                return Err(Error::Format {
                     path: input.clone(),
                     reason: "folder holds no files".into(),
                 });
@@ -133,11 +112,11 @@ pub fn read_document(path: &Path) -> Result<Document> {
 
 /// Reads one document in the given format.
 pub fn read_document_as(path: &Path, format: CorpusFormat) -> Result<Document> {
-    let bytes = std::fs::read(path).map_err(|source| CorpusError::Io {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let raw = String::from_utf8(bytes).map_err(|e| CorpusError::Format {
+    let raw = String::from_utf8(bytes).map_err(|e| Error::Format {
         path: path.to_path_buf(),
         reason: format!(
             "not UTF-8 text (invalid byte at offset {})",
@@ -147,15 +126,14 @@ pub fn read_document_as(path: &Path, format: CorpusFormat) -> Result<Document> {
     let (text, words) = match format {
         CorpusFormat::PlainText => (raw, None),
         CorpusFormat::JsonSentences => {
-            let sentences: Vec<String> =
-                serde_json::from_str(&raw).map_err(|e| CorpusError::Format {
-                    path: path.to_path_buf(),
-                    reason: format!("expected a JSON array of strings: {e}"),
-                })?;
+            let sentences: Vec<String> = serde_json::from_str(&raw).map_err(|e| Error::Format {
+                path: path.to_path_buf(),
+                reason: format!("expected a JSON array of strings: {e}"),
+            })?;
             (sentences.join("\n"), None)
         }
         CorpusFormat::BrownTagged => {
-            let (text, words) = parse_brown(&raw).map_err(|reason| CorpusError::Format {
+            let (text, words) = parse_brown(&raw).map_err(|reason| Error::Format {
                 path: path.to_path_buf(),
                 reason,
             })?;

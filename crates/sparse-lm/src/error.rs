@@ -117,12 +117,10 @@ pub enum LmError {
     /// A tensor operation failed inside candle (a bug here, or out of memory).
     #[error("tensor operation failed: {0}")]
     Candle(#[from] candle_core::Error),
-    /// A text file could not be read as a corpus document.
+    /// A corpus file could not be read, or the activation store refused a
+    /// write or could not be read (sparse-core's errors, naming the file).
     #[error(transparent)]
-    Corpus(#[from] crate::corpus::CorpusError),
-    /// The activation store refused a write or could not be read.
-    #[error(transparent)]
-    Store(#[from] sparse_core::Error),
+    Data(#[from] sparse_core::Error),
 }
 
 impl LmError {

@@ -179,7 +179,7 @@ pub fn harvest(
     if dir.join(MANIFEST_FILE).exists() {
         let store = ActivationStore::open(dir)?;
         if let Some((field, stored, given)) = spec_difference(store.spec(), &spec) {
-            return Err(LmError::Store(sparse_core::Error::Format {
+            return Err(LmError::Data(sparse_core::Error::Format {
                 path: dir.join(MANIFEST_FILE),
                 reason: format!(
                     "the store was harvested with other settings: `{field}` is {stored} there, {given} now (choose another --out)"
