@@ -187,11 +187,10 @@ pub fn harvest(
             }));
         }
         if store.is_complete() {
-            let totals = store_totals(&store);
             return Ok(summary(
                 dir,
                 &spec,
-                &totals,
+                &store,
                 store.contexts(),
                 false,
                 0,
@@ -264,7 +263,7 @@ pub fn harvest(
     Ok(summary(
         dir,
         &spec,
-        &store_totals(&store),
+        &store,
         resumed_from,
         text_exhausted,
         model_tokens,
@@ -272,14 +271,10 @@ pub fn harvest(
     ))
 }
 
-fn store_totals(store: &ActivationStore) -> (u64, u64) {
-    (store.contexts(), store.rows())
-}
-
 fn summary(
     dir: &Path,
     spec: &StoreSpec,
-    (contexts, rows): &(u64, u64),
+    store: &ActivationStore,
     resumed_from_contexts: u64,
     text_exhausted: bool,
     model_tokens: u64,
@@ -289,8 +284,8 @@ fn summary(
     HarvestSummary {
         store: dir.to_path_buf(),
         hook: spec.hook.clone(),
-        contexts: *contexts,
-        rows: *rows,
+        contexts: store.contexts(),
+        rows: store.rows(),
         resumed_from_contexts,
         text_exhausted,
         model_tokens,
