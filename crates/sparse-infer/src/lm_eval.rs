@@ -22,7 +22,6 @@
 //!   `Z·D + b_dec` (as the SAE decodes its own codes).
 
 use anyhow::{anyhow, bail, Context, Result};
-use sha2::{Digest, Sha256};
 use sparse_core::checkpoint::{Checkpoint, Model};
 use sparse_core::encoders::fista::{Fista, FistaConfig};
 use sparse_core::encoders::pursuit::{MatchingPursuit, Omp};
@@ -41,18 +40,14 @@ pub struct ResolvedLm {
     pub hook: HookPoint,
 }
 
-fn sha256_file(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(format!("{:x}", Sha256::digest(&bytes)))
-}
-
 /// The store's language model: `lm` (its sha256 must be the store's), else the
 /// default asset when present with the store's sha256, else `None`.
 pub fn resolve_lm(store: &ActivationStore, lm: Option<&Path>) -> Result<Option<ResolvedLm>> {
     let want = &store.spec().model;
     let path = match lm {
         Some(p) => {
-            let got = sha256_file(p).with_context(|| format!("--lm {}", p.display()))?;
+            let got = sparse_core::checkpoint::sha256_file(p)
+                .with_context(|| format!("--lm {}", p.display()))?;
             if got != want.sha256 {
                 bail!(
                     "--lm {}: sha256 {got} differs from the store's model {} (sha256 {})",
@@ -65,7 +60,10 @@ pub fn resolve_lm(store: &ActivationStore, lm: Option<&Path>) -> Result<Option<R
         }
         None => {
             let p = sparse_lm::assets::default_model_path();
-            if want.sha256.is_empty() || !p.is_file() || sha256_file(&p)? != want.sha256 {
+            if want.sha256.is_empty()
+                || !p.is_file()
+                || sparse_core::checkpoint::sha256_file(&p)? != want.sha256
+            {
                 return Ok(None);
             }
             p
@@ -322,7 +320,7 @@ impl Method {
 }
 
 fn l0(z: &Matrix) -> f64 {
-    z.as_slice().iter().filter(|v| **v != 0.0).count() as f64 / z.rows().max(1) as f64
+    sparse_core::metrics::l0(z).mean_count
 }
 
 /// λ of a non-negative FISTA whose mean L0 on `xc` (centred, normalised

@@ -13,7 +13,6 @@ use crate::error::{LmError, Result};
 use crate::hooks::HookPoint;
 use crate::model::LanguageModel;
 use crate::tokenizer::LmTokenizer;
-use sha2::{Digest, Sha256};
 use sparse_store::{
     spec_difference, ActivationStore, CorpusFile, ModelInfo, StoreDtype, StoreSpec, StoreWriter,
     MANIFEST_FILE,
@@ -113,14 +112,16 @@ fn describe_corpus(files: &[PathBuf]) -> Result<Vec<CorpusFile>> {
     files
         .iter()
         .map(|path| {
-            let bytes = std::fs::read(path).map_err(|source| LmError::Io {
-                path: path.clone(),
-                source,
-            })?;
+            let bytes = std::fs::metadata(path)
+                .map_err(|source| LmError::Io {
+                    path: path.clone(),
+                    source,
+                })?
+                .len();
             Ok(CorpusFile {
                 path: path.display().to_string(),
-                bytes: bytes.len() as u64,
-                sha256: format!("{:x}", Sha256::digest(&bytes)),
+                bytes,
+                sha256: sparse_core::checkpoint::sha256_file(path)?,
             })
         })
         .collect()
