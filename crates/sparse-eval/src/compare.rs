@@ -5,7 +5,7 @@
 use crate::downstream::{Baselines, ResolvedLm};
 use crate::heldout::{context_data, contexts_for_tokens, split_contexts};
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sparse_core::checkpoint::{Checkpoint, Model};
 use sparse_core::encoders::fista::{Fista, FistaConfig};
 use sparse_core::encoders::pursuit::{MatchingPursuit, Omp};
@@ -37,18 +37,20 @@ fn centred(xn: &Matrix, b_dec: &[f32]) -> Matrix {
     c
 }
 
-/// FLOPs of the SAE's encoder on `n` samples.
+/// FLOPs of the model's own encoder on `n` samples (`NaN` for the iterative
+/// ones, whose cost [`Method::encode`] reads off the solve).
 fn sae_encode_flops(model: &Model, n: usize) -> f64 {
     match model {
         Model::Autoencoder(m) => m.encode_flops(n),
         Model::TopK(m) => m.encode_flops(n),
+        Model::JumpRelu(m) => m.encode_flops(n),
         _ => f64::NAN,
     }
 }
 
 /// One encoder of the comparison, on the SAE's dictionary.
 pub enum Method {
-    /// The SAE's own encoder.
+    /// The model's own encoder (an SAE's forward pass; a sparse-coding model's FISTA).
     Sae,
     /// Per-sample FISTA (non-negative lasso) from zero.
     Fista(Fista),
@@ -77,7 +79,13 @@ impl Method {
         let d = model.dictionary();
         let centred = || centred(xn, b_dec);
         Ok(match self {
-            Method::Sae => (model.encode(xn)?, sae_encode_flops(model, xn.rows())),
+            Method::Sae => match model {
+                Model::SparseCoding(m) => {
+                    let e = m.encode(xn)?;
+                    (e.codes, e.flops)
+                }
+                _ => (model.encode(xn)?, sae_encode_flops(model, xn.rows())),
+            },
             Method::Fista(f) => {
                 let e = f.encode(&centred(), d)?;
                 (e.codes, e.flops)
@@ -163,7 +171,7 @@ pub fn fista_lambda_for_l0(
 }
 
 /// A row of the comparison.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EncoderRow {
     /// [`Method::name`].
     pub encoder: String,
@@ -243,10 +251,13 @@ pub struct CompareOptions {
     pub lambda_steps: usize,
     /// Contexts per language-model forward pass.
     pub lm_batch: usize,
+    /// Extra FISTA runs at these multiples of the matched λ (rows
+    /// `fista-x{factor}`), to trace FISTA's L0 / reconstruction trade-off.
+    pub fista_lambda_factors: Vec<f32>,
 }
 
 /// The result of [`compare`]: one row per encoder and how they were set up.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Comparison {
     /// Held-out contexts evaluated.
     pub contexts: usize,
@@ -268,7 +279,8 @@ pub struct Comparison {
     pub fista_validation_l0: f64,
     /// The atoms per sample of OMP and MP: round(SAE validation L0).
     pub pursuit_k: usize,
-    /// One row per encoder: sae, fista, omp-k, mp-k, sae+fista.
+    /// One row per encoder: sae, fista, omp-k, mp-k, sae+fista, then
+    /// `fista-x{factor}` per extra λ.
     pub encoders: Vec<EncoderRow>,
 }
 
@@ -321,7 +333,7 @@ pub fn compare(
         opts.lambda_steps,
     )?;
     let k = (sae_l0_val.round() as usize).clamp(1, n_latents);
-    let fista = || {
+    let fista = |lambda: f32| {
         Fista::new(FistaConfig {
             lambda,
             max_iter: opts.fista_iters,
@@ -329,13 +341,22 @@ pub fn compare(
             ..FistaConfig::default()
         })
     };
-    let methods = vec![
+    let mut methods: Vec<(String, Method)> = [
         Method::Sae,
-        Method::Fista(fista()?),
+        Method::Fista(fista(lambda)?),
         Method::Omp(Omp::new(k, None, true)?),
         Method::Mp(MatchingPursuit::new(k, true)?),
-        Method::SaeFista(fista()?),
-    ];
+        Method::SaeFista(fista(lambda)?),
+    ]
+    .into_iter()
+    .map(|m| (m.name(), m))
+    .collect();
+    for &f in &opts.fista_lambda_factors {
+        if !(f.is_finite() && f > 0.0) {
+            bail!("FISTA λ factor {f}: must be positive and finite");
+        }
+        methods.push((format!("fista-x{f}"), Method::Fista(fista(lambda * f)?)));
+    }
 
     let ids = split_contexts(
         store,
@@ -352,9 +373,9 @@ pub fn compare(
         None => None,
     };
     let mut rows = Vec::new();
-    for m in &methods {
+    for (name, m) in &methods {
         let (metrics, flops) = metrics_of(m, model, &b_dec, scale, &x, 1024)
-            .with_context(|| format!("encoder {}", m.name()))?;
+            .with_context(|| format!("encoder {name}"))?;
         let downstream = match (lm, &base) {
             (Some(lm), Some(base)) => Some(base.downstream(
                 lm,
@@ -368,7 +389,7 @@ pub fn compare(
             _ => None,
         };
         rows.push(EncoderRow {
-            encoder: m.name(),
+            encoder: name.clone(),
             l0: metrics.l0,
             mse: metrics.mse,
             normalized_mse: metrics.normalized_mse,

@@ -8,7 +8,9 @@
 //! - [`downstream`]: the downstream loss, a reconstruction spliced into the
 //!   language model at the harvested hook;
 //! - [`compare`]: the SAE's own encoder against per-sample inference (FISTA,
-//!   OMP, MP, SAE + FISTA refinement) on its decoder, at matched L0.
+//!   OMP, MP, SAE + FISTA refinement) on its decoder, at matched L0;
+//! - [`report`]: every model of a training run measured on the same tokens,
+//!   with a table and Pareto figures.
 //!
 //! Conventions, shared by all:
 //!
@@ -32,6 +34,7 @@
 pub mod compare;
 pub mod downstream;
 pub mod heldout;
+pub mod report;
 
 pub use compare::{compare, CompareOptions, Comparison, EncoderRow, Method};
 pub use downstream::{resolve_lm, Baselines, ResolvedLm};

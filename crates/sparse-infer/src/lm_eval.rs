@@ -38,6 +38,9 @@ pub struct CompareArgs {
     /// Contexts per language-model forward pass.
     #[arg(long, default_value_t = 8)]
     lm_batch: usize,
+    /// Extra FISTA runs at these multiples of the matched λ (comma-separated), to trace its trade-off.
+    #[arg(long, value_delimiter = ',')]
+    fista_lambda_factors: Vec<f32>,
     /// Also write the table as Markdown here.
     #[arg(long)]
     markdown: Option<PathBuf>,
@@ -61,6 +64,7 @@ pub fn compare_encoders(a: CompareArgs) -> Result<()> {
         fista_iters: a.fista_iters,
         lambda_steps: a.lambda_steps,
         lm_batch: a.lm_batch,
+        fista_lambda_factors: a.fista_lambda_factors.clone(),
     };
     let cmp = sparse_eval::compare(&ckpt, &store, lm.as_ref(), &opts).with_context(|| {
         format!(
@@ -215,5 +219,81 @@ pub fn evaluate(a: EvaluateArgs) -> Result<()> {
         );
     }
     println!("{}", serde_json::to_string(&out)?);
+    Ok(())
+}
+
+/// Arguments of `lm-report`.
+#[derive(clap::Args, Debug)]
+pub struct LmReportArgs {
+    /// The training configuration of the run (its `store`, `out` and models).
+    #[arg(long)]
+    config: PathBuf,
+    /// Output folder (default: `<out>/report` of the configuration).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Split to evaluate on.
+    #[arg(long, value_enum, default_value_t = SplitArg::Test)]
+    split: SplitArg,
+    /// Evaluation tokens shared by every point (whole contexts, rounded up).
+    #[arg(long, default_value_t = 8192)]
+    tokens: u64,
+    /// Validation tokens for matching FISTA's L0 to each compared SAE.
+    #[arg(long, default_value_t = 2048)]
+    validation_tokens: u64,
+    /// FISTA iteration cap.
+    #[arg(long, default_value_t = 300)]
+    fista_iters: usize,
+    /// Bisection steps for FISTA's λ.
+    #[arg(long, default_value_t = 14)]
+    lambda_steps: usize,
+    /// Models whose decoders get per-sample encoders (comma-separated; default: the first TopK and the first ReLU SAE).
+    #[arg(long, value_delimiter = ',')]
+    compare: Vec<String>,
+    /// Extra FISTA runs at these multiples of the matched λ (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "0.5,2")]
+    fista_lambda_factors: Vec<f32>,
+    /// Held-out metrics on at most this many tokens of the split (default: all).
+    #[arg(long)]
+    split_max_tokens: Option<u64>,
+    /// Language model for the downstream loss (default: the fetched asset when its sha256 is the store's).
+    #[arg(long)]
+    lm: Option<PathBuf>,
+    /// Contexts per language-model forward pass.
+    #[arg(long, default_value_t = 8)]
+    lm_batch: usize,
+}
+
+/// `lm-report`: every model of a run measured on the same held-out tokens,
+/// per-sample encoders on chosen decoders; writes report.json, report.md and
+/// the Pareto figures, prints the Markdown.
+pub fn lm_report(a: LmReportArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&a.config)
+        .with_context(|| format!("reading {}", a.config.display()))?;
+    let cfg = crate::lm_train::parse_config(&text, &a.config)?;
+    let store = ActivationStore::open(&cfg.store)
+        .with_context(|| format!("opening the store {}", cfg.store.display()))?;
+    let lm = resolve_lm(&store, a.lm.as_deref())?;
+    if lm.is_none() {
+        eprintln!("no language model with the store's sha256 found (pass --lm): skipping the downstream loss");
+    }
+    let out = a.out.unwrap_or_else(|| cfg.out.join("report"));
+    let opts = sparse_eval::report::ReportOptions {
+        split: a.split.into(),
+        tokens: a.tokens,
+        validation_tokens: a.validation_tokens,
+        fista_iters: a.fista_iters,
+        lambda_steps: a.lambda_steps,
+        lm_batch: a.lm_batch,
+        compare: a.compare,
+        fista_lambda_factors: a.fista_lambda_factors,
+        split_max_tokens: a.split_max_tokens,
+    };
+    let start = std::time::Instant::now();
+    let report = sparse_eval::report::run(&cfg, lm.as_ref(), &opts, &out, &mut |line| {
+        eprintln!("[{:>6.0} s] {line}", start.elapsed().as_secs_f64())
+    })
+    .with_context(|| format!("the report of {}", a.config.display()))?;
+    println!("{}", sparse_eval::report::markdown(&report));
+    eprintln!("wrote {}/report.{{json,md}} and the figures", out.display());
     Ok(())
 }

@@ -65,6 +65,8 @@ enum Command {
     Evaluate(lm_eval::EvaluateArgs),
     /// An SAE's own encoder against per-sample inference (FISTA, OMP, MP, SAE+FISTA) on its decoder, on held-out tokens of a store; prints JSON.
     CompareEncoders(lm_eval::CompareArgs),
+    /// Every model of an LM training run measured on the same held-out tokens, per-sample encoders on their decoders: table and Pareto figures.
+    LmReport(lm_eval::LmReportArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -357,6 +359,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Harvest(a) => harvest_cmd::harvest_cmd(a),
         Command::Evaluate(a) => lm_eval::evaluate(a),
         Command::CompareEncoders(a) => lm_eval::compare_encoders(a),
+        Command::LmReport(a) => lm_eval::lm_report(a),
     }
 }
 

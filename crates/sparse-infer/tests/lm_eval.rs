@@ -274,3 +274,110 @@ fn evaluate_compare_encoders_and_bad_input() {
         &["synth", "16", "64"],
     );
 }
+
+#[test]
+fn lm_report_measures_every_model_on_the_same_tokens_and_resumes() {
+    let t = setup();
+    let cfg = t.root.join("lm.toml");
+    let out = t.root.join("report");
+    let args = [
+        "lm-report",
+        "--config",
+        &s(&cfg),
+        "--out",
+        &s(&out),
+        "--lm",
+        &s(&t.gguf),
+        "--tokens",
+        "300",
+        "--validation-tokens",
+        "200",
+    ];
+    let first = common::run(&args);
+    let stderr = String::from_utf8_lossy(&first.stderr).to_string();
+    assert!(first.status.success(), "{stderr}");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let models = report["models"].as_array().unwrap();
+    let names: Vec<&str> = models.iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["relu", "topk", "sc"], "{report}");
+    for m in models {
+        let e = &m["eval"];
+        assert!(num(e, "l0") > 0.0, "{m}");
+        assert!(num(e, "flops_per_token") > 0.0, "{m}");
+        assert!(num(&e["downstream"], "loss_recovered").is_finite(), "{m}");
+        assert!(num(m, "training_flops") > 0.0, "{m}");
+        assert!(num(&m["split_metrics"], "tokens") >= num(&report, "eval_tokens"));
+    }
+    // Default comparisons: the first TopK, then the first ReLU SAE; their `sae`
+    // row is measured on the very tokens of the model's own row.
+    let cmps = report["comparisons"].as_array().unwrap();
+    let dicts: Vec<&str> = cmps
+        .iter()
+        .map(|c| c["dictionary"].as_str().unwrap())
+        .collect();
+    assert_eq!(dicts, ["topk", "relu"]);
+    for c in cmps {
+        let name = c["dictionary"].as_str().unwrap();
+        let own = &models.iter().find(|m| m["name"] == name).unwrap()["eval"];
+        let rows = c["comparison"]["encoders"].as_array().unwrap();
+        let sae = &rows[0];
+        assert_eq!(sae["encoder"], "sae");
+        for key in ["l0", "explained_variance", "normalized_mse"] {
+            assert_eq!(sae[key], own[key], "{key}: {c}");
+        }
+        assert_eq!(
+            sae["downstream"]["ce_spliced"], own["downstream"]["ce_spliced"],
+            "{c}"
+        );
+        // The λ sweep: halving λ gives at least as many active latents as doubling it.
+        let l0_of = |n: &str| num(rows.iter().find(|r| r["encoder"] == n).unwrap(), "l0");
+        assert!(l0_of("fista-x0.5") >= l0_of("fista-x2"), "{c}");
+    }
+    for f in [
+        "report.md",
+        "pareto_l0_explained_variance.svg",
+        "pareto_l0_explained_variance.png",
+        "pareto_flops_loss_recovered.svg",
+        "pareto_flops_loss_recovered.png",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let svg = std::fs::read_to_string(out.join("pareto_l0_explained_variance.svg")).unwrap();
+    for label in ["ReLU SAE", "TopK SAE", "FISTA on topk", "sae+fista on relu"] {
+        assert!(svg.contains(label), "{label} missing from the figure");
+    }
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        md.contains("| topk | topk |") && md.contains("decoder of `relu`"),
+        "{md}"
+    );
+
+    // A rerun measures nothing again and writes the same report.
+    let second = common::run(&args);
+    let stderr2 = String::from_utf8_lossy(&second.stderr).to_string();
+    assert!(second.status.success(), "{stderr2}");
+    assert_eq!(
+        stderr2.matches("measured before, reused").count(),
+        5,
+        "{stderr2}"
+    );
+    let again: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(again, report);
+
+    fails_with(
+        &[
+            "lm-report",
+            "--config",
+            &s(&cfg),
+            "--out",
+            &s(&out),
+            "--lm",
+            &s(&t.gguf),
+            "--compare",
+            "nosuch",
+        ],
+        &["no model named nosuch"],
+    );
+}
