@@ -95,38 +95,39 @@ pub fn scan(
     let mut cache = Vec::new();
     let max_contexts = sparse_eval::heldout::contexts_for_tokens(store, opts.tokens);
     let batch = opts.batch_contexts.max(1);
-    let mut flush = |ids: &mut Vec<u64>, rows: &mut Vec<f32>, stats: &mut LatentStats| -> Result<()> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let mut xn = Matrix::from_vec(ids.len() * rpc, dim, std::mem::take(rows))?;
-        xn.as_mut_slice().iter_mut().for_each(|v| *v *= scale);
-        let (z, _) = method
-            .encode(model, &b_dec, &xn)
-            .with_context(|| format!("encoding with {}", method.name()))?;
-        let zs = z.as_slice();
-        for (k, &c) in ids.iter().enumerate() {
-            let codes = &zs[k * rpc * n_latents..(k + 1) * rpc * n_latents];
-            stats.observe(c, codes, n_latents);
-            let slot = contexts.len() as u32;
-            contexts.push(c);
-            for p in 0..rpc {
-                for &j in &cache_latents {
-                    let v = codes[p * n_latents + j];
-                    if v > 0.0 {
-                        cache.push(CachedActivation {
-                            context_slot: slot,
-                            position: first + p as u32,
-                            latent: j as u32,
-                            value: v,
-                        });
+    let mut flush =
+        |ids: &mut Vec<u64>, rows: &mut Vec<f32>, stats: &mut LatentStats| -> Result<()> {
+            if ids.is_empty() {
+                return Ok(());
+            }
+            let mut xn = Matrix::from_vec(ids.len() * rpc, dim, std::mem::take(rows))?;
+            xn.as_mut_slice().iter_mut().for_each(|v| *v *= scale);
+            let (z, _) = method
+                .encode(model, &b_dec, &xn)
+                .with_context(|| format!("encoding with {}", method.name()))?;
+            let zs = z.as_slice();
+            for (k, &c) in ids.iter().enumerate() {
+                let codes = &zs[k * rpc * n_latents..(k + 1) * rpc * n_latents];
+                stats.observe(c, codes, n_latents);
+                let slot = contexts.len() as u32;
+                contexts.push(c);
+                for p in 0..rpc {
+                    for &j in &cache_latents {
+                        let v = codes[p * n_latents + j];
+                        if v > 0.0 {
+                            cache.push(CachedActivation {
+                                context_slot: slot,
+                                position: first + p as u32,
+                                latent: j as u32,
+                                value: v,
+                            });
+                        }
                     }
                 }
             }
-        }
-        ids.clear();
-        Ok(())
-    };
+            ids.clear();
+            Ok(())
+        };
     let (mut ids, mut rows) = (Vec::new(), Vec::new());
     let mut taken = 0usize;
     'shards: for i in 0..store.num_shards() {
@@ -134,7 +135,10 @@ pub fn scan(
             break;
         }
         let docs = store.shard_doc_index(i)?;
-        if !docs.iter().any(|&d| opts.splits.of_document(d) == opts.split) {
+        if !docs
+            .iter()
+            .any(|&d| opts.splits.of_document(d) == opts.split)
+        {
             continue;
         }
         let shard = store.read_shard(i)?;
@@ -235,7 +239,12 @@ pub fn logit_effects(
                 value: row[t],
             };
             let top = order.iter().take(n).map(|&t| entry(t, text)).collect();
-            let bottom = order.iter().rev().take(n).map(|&t| entry(t, text)).collect();
+            let bottom = order
+                .iter()
+                .rev()
+                .take(n)
+                .map(|&t| entry(t, text))
+                .collect();
             out.push((top, bottom));
         }
     }

@@ -190,7 +190,10 @@ mod tests {
 
     #[test]
     fn delphi_ranges_cover_the_width_like_torch_linspace() {
-        assert_eq!(delphi_ranges(10, 5), vec![(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]);
+        assert_eq!(
+            delphi_ranges(10, 5),
+            vec![(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]
+        );
         assert_eq!(delphi_ranges(7, 2), vec![(0, 2), (3, 6)]);
         assert_eq!(delphi_ranges(3, 9), vec![(0, 0), (1, 1), (2, 2)]);
     }

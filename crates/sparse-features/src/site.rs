@@ -64,7 +64,11 @@ fn index_row(per_encoder: &[&FeatureRecord]) -> Value {
         json!(r.density),
         json!(r.max_activation),
         json!(top_tokens),
-        json!(r.top_examples.first().map(|e| snippet(e, 6)).unwrap_or_default()),
+        json!(r
+            .top_examples
+            .first()
+            .map(|e| snippet(e, 6))
+            .unwrap_or_default()),
     ];
     for o in &per_encoder[1..] {
         row.push(json!(o.density));
@@ -83,9 +87,7 @@ pub fn site_files(
         bail!("no encoder to show");
     };
     for (name, recs) in encoders {
-        if recs.len() != first.len()
-            || recs.iter().zip(first).any(|(a, b)| a.index != b.index)
-        {
+        if recs.len() != first.len() || recs.iter().zip(first).any(|(a, b)| a.index != b.index) {
             bail!("encoder {name} holds other features than {}", encoders[0].0);
         }
     }

@@ -409,7 +409,10 @@ mod tests {
             }
             assert_eq!(hist.counts, direct, "histogram of latent {j}");
             assert!(*hist.edges.last().unwrap() > s.max);
-            assert!(hist.counts.len() * 2 > opts.hist_bins, "uses over half the bins");
+            assert!(
+                hist.counts.len() * 2 > opts.hist_bins,
+                "uses over half the bins"
+            );
             assert_eq!(hist.counts.iter().sum::<u64>(), vals.len() as u64);
             // Quantiles: the reservoir holds every firing context, so bin q's
             // samples lie between the exact q/Q and (q+1)/Q order statistics.

@@ -17,6 +17,7 @@ use sparse_study::StudyReport;
 use std::path::{Path, PathBuf};
 
 mod bench;
+mod dashboards_cmd;
 mod harvest_cmd;
 mod lm_eval;
 mod lm_train;
@@ -65,6 +66,10 @@ enum Command {
     Evaluate(lm_eval::EvaluateArgs),
     /// An SAE's own encoder against per-sample inference (FISTA, OMP, MP, SAE+FISTA) on its decoder, on held-out tokens of a store; prints JSON.
     CompareEncoders(lm_eval::CompareArgs),
+    /// A static feature browser of an SAE on a store (top contexts, quantile samples, histograms, logits; SAE vs FISTA codes side by side) plus Neuronpedia JSON and a delphi latent cache.
+    Dashboards(dashboards_cmd::DashboardsArgs),
+    /// Serve the feature browser over HTTP (127.0.0.1 by default), computed on start or from a dashboards folder.
+    Serve(dashboards_cmd::ServeArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -357,6 +362,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Harvest(a) => harvest_cmd::harvest_cmd(a),
         Command::Evaluate(a) => lm_eval::evaluate(a),
         Command::CompareEncoders(a) => lm_eval::compare_encoders(a),
+        Command::Dashboards(a) => dashboards_cmd::dashboards(a),
+        Command::Serve(a) => dashboards_cmd::serve(a),
     }
 }
 
