@@ -8,6 +8,10 @@ let INDEX = null;
 function esc(s) {
   return String(s).replace(/[&<>"']/g, c => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 }
+// A token as shown in lists: spaces and line breaks made visible.
+function vis(t) {
+  return t.replace(/ /g, "\u2423").replace(/\n/g, "\u21b5");
+}
 function fmt(x, digits) {
   if (x === null || x === undefined) return "–";
   if (x !== 0 && (Math.abs(x) < 1e-3 || Math.abs(x) >= 1e5)) return x.toExponential(2);
@@ -51,7 +55,7 @@ function renderIndex() {
   const body = rows.slice(p * PAGE, (p + 1) * PAGE).map(r => {
     let tds = `<td><a href="#feature=${r[0]}">#${r[0]}</a></td><td class="num">${fmt(r[1], 4)}</td><td class="num">${fmt(r[2])}</td>`;
     for (let k = 0; k < encs.length - 1; k++) tds += `<td class="num">${fmt(r[5 + 2 * k], 4)}</td><td class="num">${fmt(r[6 + 2 * k])}</td>`;
-    tds += `<td>${r[3].map(t => `<code>${esc(t)}</code>`).join(" ")}</td><td class="snippet">${esc(r[4])}</td>`;
+    tds += `<td>${r[3].map(t => `<code>${esc(vis(t))}</code>`).join(" ")}</td><td class="snippet">${esc(r[4])}</td>`;
     return `<tr class="feature-row" data-feature="${r[0]}">${tds}</tr>`;
   }).join("");
   document.querySelector("#features tbody").innerHTML = body;
@@ -88,7 +92,7 @@ function histogramSvg(h) {
     `<text x="0" y="${H - 2}">0</text><text x="${W}" y="${H - 2}" text-anchor="end">${fmt(h.edges[n])}</text></svg>`;
 }
 function logitsHtml(r) {
-  const table = (list, cls) => `<table><tbody>${list.map(l => `<tr><td><code>${esc(l.token)}</code></td><td class="num ${cls}">${fmt(l.value)}</td></tr>`).join("")}</tbody></table>`;
+  const table = (list, cls) => `<table><tbody>${list.map(l => `<tr><td><code>${esc(vis(l.token))}</code></td><td class="num ${cls}">${fmt(l.value)}</td></tr>`).join("")}</tbody></table>`;
   if (!r.top_logits.length) return "<p>no unembedding given</p>";
   return `<div class="logits"><div><b class="pos">promotes</b>${table(r.top_logits, "pos")}</div><div><b class="neg">suppresses</b>${table(r.bottom_logits, "neg")}</div></div>`;
 }

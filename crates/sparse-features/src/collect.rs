@@ -264,11 +264,12 @@ pub fn records(
     let rpc = store.rows_per_context();
     let mut tokens: HashMap<u64, Vec<u32>> = HashMap::new();
     let mut example = |h: &ContextHit, text: &mut TokenText| -> Result<ActivationExample> {
-        if !tokens.contains_key(&h.context) {
-            let t = store.context_tokens(h.context)?;
-            tokens.insert(h.context, t[first..].to_vec());
-        }
-        let ids = tokens[&h.context].clone();
+        let ids = match tokens.entry(h.context) {
+            std::collections::hash_map::Entry::Occupied(e) => e.get().clone(),
+            std::collections::hash_map::Entry::Vacant(e) => e
+                .insert(store.context_tokens(h.context)?[first..].to_vec())
+                .clone(),
+        };
         Ok(ActivationExample {
             context: h.context,
             tokens: ids.iter().map(|&t| text.get(t)).collect(),

@@ -151,3 +151,74 @@ pub fn write_site(
     }
     Ok(files.len())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{ActivationExample, Histogram};
+
+    fn record(index: usize, encoder: &str) -> FeatureRecord {
+        let tokens: Vec<String> = (0..127)
+            .map(|i| format!(" tok{}", (i * 7 + index) % 50))
+            .collect();
+        let ex = ActivationExample {
+            context: index as u64,
+            token_ids: (0..127).collect(),
+            activations: (0..127)
+                .map(|i| if i % 9 == 0 { 1.0 } else { 0.0 })
+                .collect(),
+            tokens,
+            max_position: 9,
+            max_activation: 1.0,
+        };
+        FeatureRecord {
+            index,
+            encoder: encoder.into(),
+            tokens_seen: 1000,
+            density: 0.01,
+            max_activation: 1.0,
+            top_examples: vec![ex.clone(); 2],
+            quantile_examples: vec![vec![ex]],
+            histogram: Histogram {
+                edges: vec![0.0, 0.5, 1.0],
+                counts: vec![3, 7],
+            },
+            top_logits: vec![],
+            bottom_logits: vec![],
+        }
+    }
+
+    #[test]
+    fn the_index_stays_small_with_thousands_of_features() {
+        let n = 4608;
+        let enc = vec![
+            (
+                "sae".to_string(),
+                (0..n).map(|i| record(i, "sae")).collect(),
+            ),
+            (
+                "fista".to_string(),
+                (0..n).map(|i| record(i, "fista")).collect(),
+            ),
+        ];
+        let files = site_files(&enc, &SiteMeta::default()).unwrap();
+        assert_eq!(files.len(), 4 + 2 * n);
+        let index = &files.iter().find(|f| f.0 == "data/index.json").unwrap().1;
+        // The page loads this file only: about 100 bytes per feature.
+        assert!(index.len() < 160 * n, "index.json is {} bytes", index.len());
+        let v: Value = serde_json::from_slice(index).unwrap();
+        assert_eq!(v["features"].as_array().unwrap().len(), n);
+        assert_eq!(v["features"][5][3], serde_json::json!([" tok18"]));
+        assert!(files.iter().any(|f| f.0 == "data/fista/4607.json"));
+    }
+
+    #[test]
+    fn encoders_must_hold_the_same_features() {
+        let enc = vec![
+            ("sae".to_string(), vec![record(0, "sae")]),
+            ("fista".to_string(), vec![record(1, "fista")]),
+        ];
+        let e = site_files(&enc, &SiteMeta::default()).unwrap_err();
+        assert!(e.to_string().contains("encoder fista holds other features"));
+    }
+}

@@ -173,7 +173,7 @@ fn build(a: &BuildArgs, out: &Path) -> Result<serde_json::Value> {
     let split: Split = a.split.into();
     let opts = ScanOptions {
         split,
-        splits: splits.clone(),
+        splits,
         tokens: a.tokens,
         batch_contexts: 32,
         stats: StatsOptions {

@@ -29,10 +29,12 @@ impl Drop for Server {
     }
 }
 
-/// `serve --dir site --port 0`; returns the server and its URL.
-fn serve(site: &Path) -> (Server, String) {
+/// `serve ARGS --port 0`; returns the server and its URL.
+fn serve(args: &[&str]) -> (Server, String) {
     let mut child = bin()
-        .args(["serve", "--dir", &s(site), "--port", "0"])
+        .arg("serve")
+        .args(args)
+        .args(["--port", "0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -110,6 +112,18 @@ fn screenshot(profile: &Path, url: &str, file: &Path) {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::copy(file, Path::new(&dir).join(file.file_name().unwrap())).unwrap();
     }
+}
+
+/// `GET path` from `url`'s server: `(status line, body)`.
+fn get(url: &str, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://").trim_end_matches('/');
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    write!(c, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut r = String::new();
+    c.read_to_string(&mut r).unwrap();
+    let (head, body) = r.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
 }
 
 fn html_escape(t: &str) -> String {
@@ -449,6 +463,61 @@ fn dashboards_site_in_a_headless_browser_exports_and_errors() {
         &["unknown encoder \"omp\""],
     );
 
+    // A store whose d_model (64) is not the checkpoint's (8).
+    let data = common::synth(root);
+    let cfg = root.join("synth.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "method = \"sae\"\ndata = \"{}\"\nn_latents = 16\nsteps = 5\ncheckpoint_every = 5\nout = \"small\"\nseed = 0\nlambda = 0.01\n",
+            s(&data)
+        ),
+    )
+    .unwrap();
+    ok_json(&["train", "--config", &s(&cfg)]);
+    fails_with(
+        &[
+            "dashboards",
+            "--model",
+            &s(&root.join("small")),
+            "--store",
+            &s(&store),
+            "--lm",
+            &s(&gguf),
+            "--out",
+            &s(&root.join("x")),
+        ],
+        &["d_model 64", "has 8"],
+    );
+
+    // serve computes the pages on start; only files under its folder are served.
+    let served = root.join("served");
+    let (server, url) = serve(&[
+        "--model",
+        &s(&sae),
+        "--store",
+        &s(&store),
+        "--lm",
+        &s(&gguf),
+        "--features",
+        "4",
+        "--encoders",
+        "sae",
+        "--no-exports",
+        "--out",
+        &s(&served),
+    ]);
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let (status, body) = get(&url, "/data/index.json");
+    assert!(status.contains("200"), "{status}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["features"].as_array().unwrap().len(), 4);
+    assert_eq!(v["encoders"], serde_json::json!(["sae"]));
+    assert!(get(&url, "/").1.contains("<script src=\"app.js\">"));
+    assert!(get(&url, "/../lm.toml").0.contains("404"));
+    assert!(get(&url, "/data/sae/9.json").0.contains("404"));
+    drop(server);
+
     // The browser.
     if !Path::new(CHROMIUM).exists() {
         eprintln!(
@@ -456,7 +525,7 @@ fn dashboards_site_in_a_headless_browser_exports_and_errors() {
         );
         return;
     }
-    let (_server, url) = serve(&site);
+    let (_server, url) = serve(&["--dir", &s(&site)]);
     let port = url
         .trim_end_matches('/')
         .rsplit(':')
@@ -544,7 +613,8 @@ fn dashboards_site_in_a_headless_browser_exports_and_errors() {
         assert!(block.contains(&html_escape(&e.tokens[e.max_position])));
     }
     for l in &feat.top_logits[..3] {
-        assert!(sae_part.contains(&format!("<code>{}</code>", html_escape(&l.token))));
+        let shown = l.token.replace(' ', "\u{2423}").replace('\n', "\u{21b5}");
+        assert!(sae_part.contains(&format!("<code>{}</code>", html_escape(&shown))));
     }
 
     screenshot(&profile, &url, &root.join("browser-index.png"));
