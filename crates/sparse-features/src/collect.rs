@@ -231,20 +231,26 @@ pub fn logit_effects(
         let l = matmul_new(&atoms, Op::N, unembed, Op::T);
         for r in 0..chunk.len() {
             let row = l.row(r);
-            let mut order: Vec<usize> = (0..row.len()).collect();
-            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+            // Largest first (ties: lower id), and the n best of each end only.
+            let desc = |a: &usize, b: &usize| row[*b].total_cmp(&row[*a]).then(a.cmp(b));
+            let asc = |a: &usize, b: &usize| row[*a].total_cmp(&row[*b]).then(a.cmp(b));
+            let best = |cmp: &dyn Fn(&usize, &usize) -> std::cmp::Ordering| {
+                let mut ids: Vec<usize> = (0..row.len()).collect();
+                let k = n.min(ids.len());
+                if k > 0 && k < ids.len() {
+                    ids.select_nth_unstable_by(k - 1, cmp);
+                }
+                ids.truncate(k);
+                ids.sort_by(cmp);
+                ids
+            };
             let entry = |t: usize, text: &mut TokenText| LogitEntry {
                 token_id: t as u32,
                 token: text.get(t as u32),
                 value: row[t],
             };
-            let top = order.iter().take(n).map(|&t| entry(t, text)).collect();
-            let bottom = order
-                .iter()
-                .rev()
-                .take(n)
-                .map(|&t| entry(t, text))
-                .collect();
+            let top = best(&desc).into_iter().map(|t| entry(t, text)).collect();
+            let bottom = best(&asc).into_iter().map(|t| entry(t, text)).collect();
             out.push((top, bottom));
         }
     }
@@ -306,4 +312,45 @@ pub fn records(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logit_effects_are_the_extremes_of_the_atom_times_the_unembedding() {
+        // 3 atoms of width 4, a vocabulary of 50.
+        let d = Matrix::from_vec(
+            3,
+            4,
+            vec![1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.5, 0.5, 0.5, 0.5],
+        )
+        .unwrap();
+        let vocab = 50;
+        let w: Vec<f32> = (0..vocab * 4)
+            .map(|i| (((i * 37) % 101) as f32 - 50.0) / 10.0)
+            .collect();
+        let w_u = Matrix::from_vec(vocab, 4, w.clone()).unwrap();
+        let mut text = TokenText::new(|id| format!("t{id}"));
+        let out = logit_effects(&d, &[0, 2], &w_u, 5, &mut text).unwrap();
+        assert_eq!(out.len(), 2);
+        for (k, &j) in [0usize, 2].iter().enumerate() {
+            // A full sort of every token's effect.
+            let mut all: Vec<(f32, u32)> = (0..vocab)
+                .map(|t| ((0..4).map(|c| d.row(j)[c] * w[t * 4 + c]).sum(), t as u32))
+                .collect();
+            all.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            let (top, bottom) = &out[k];
+            let got: Vec<f32> = top.iter().map(|e| e.value).collect();
+            let want: Vec<f32> = all.iter().take(5).map(|e| e.0).collect();
+            assert_eq!(got, want, "top of atom {j}");
+            assert_eq!(top[0].token, format!("t{}", top[0].token_id));
+            let low: Vec<f32> = bottom.iter().map(|e| e.value).collect();
+            let want_low: Vec<f32> = all.iter().rev().take(5).map(|e| e.0).collect();
+            assert_eq!(low, want_low, "bottom of atom {j}");
+        }
+        let bad = Matrix::from_vec(1, 3, vec![0.0; 3]).unwrap();
+        assert!(logit_effects(&bad, &[0], &w_u, 5, &mut text).is_err());
+    }
 }
