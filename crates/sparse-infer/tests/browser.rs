@@ -515,6 +515,9 @@ fn dashboards_site_in_a_headless_browser_exports_and_errors() {
     assert_eq!(v["encoders"], serde_json::json!(["sae"]));
     assert!(get(&url, "/").1.contains("<script src=\"app.js\">"));
     assert!(get(&url, "/../lm.toml").0.contains("404"));
+    assert!(get(&url, "/%2e%2e/lm.toml").0.contains("404"));
+    assert!(get(&url, "/data/%C3%A9%").0.contains("404"));
+    assert!(get(&url, "/app%2Ejs").1.contains("feature browser"));
     assert!(get(&url, "/data/sae/9.json").0.contains("404"));
     drop(server);
 
