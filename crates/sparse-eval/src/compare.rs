@@ -320,18 +320,8 @@ pub fn compare(
         bail!("the validation split holds no contexts (needed to choose FISTA's λ); use other fractions");
     }
     let (xv, _) = context_data(store, &vids)?;
-    let mut xvn = xv.clone();
-    xvn.as_mut_slice().iter_mut().for_each(|v| *v *= scale);
-    let sae_l0_val = l0(&model.encode(&xvn)?);
-    let xvc = centred(&xvn, &b_dec);
-    let target = sae_l0_val.max(1.0);
-    let (lambda, fista_l0_val) = fista_lambda_for_l0(
-        &xvc,
-        model.dictionary(),
-        target,
-        opts.fista_iters,
-        opts.lambda_steps,
-    )?;
+    let matched = matched_fista(ckpt, &xv, opts.fista_iters, opts.lambda_steps)?;
+    let (sae_l0_val, lambda, fista_l0_val) = (matched.sae_l0, matched.lambda, matched.fista_l0);
     let k = (sae_l0_val.round() as usize).clamp(1, n_latents);
     let fista = |lambda: f32| {
         Fista::new(FistaConfig {
@@ -410,5 +400,50 @@ pub fn compare(
         fista_validation_l0: fista_l0_val,
         pursuit_k: k,
         encoders: rows,
+    })
+}
+
+/// FISTA on an SAE's decoder with λ matched to the SAE's L0 (see [`matched_fista`]).
+pub struct MatchedFista {
+    /// The solver (non-negative, tolerance 1e-4).
+    pub fista: Fista,
+    /// Its λ (normalised scale).
+    pub lambda: f32,
+    /// The SAE's mean L0 on the validation rows (the target).
+    pub sae_l0: f64,
+    /// FISTA's mean L0 on the same rows at `lambda`.
+    pub fista_l0: f64,
+}
+
+/// The FISTA of [`compare`]: λ bisected ([`fista_lambda_for_l0`]) so its
+/// mean L0 on the raw validation activations `xv` matches the SAE's there
+/// (`max_iter` iterations, `steps` bisection steps).
+pub fn matched_fista(
+    ckpt: &Checkpoint,
+    xv: &Matrix,
+    max_iter: usize,
+    steps: usize,
+) -> Result<MatchedFista> {
+    require_sae(ckpt)?;
+    let model = &ckpt.model;
+    let scale = sparse_train::stored_run(ckpt).map_or(1.0, |r| r.scale);
+    let b_dec = sparse_train::models::decoder_bias(model);
+    let mut xvn = xv.clone();
+    xvn.as_mut_slice().iter_mut().for_each(|v| *v *= scale);
+    let sae_l0 = l0(&model.encode(&xvn)?);
+    let xvc = centred(&xvn, &b_dec);
+    let (lambda, fista_l0) =
+        fista_lambda_for_l0(&xvc, model.dictionary(), sae_l0.max(1.0), max_iter, steps)?;
+    let fista = Fista::new(FistaConfig {
+        lambda,
+        max_iter,
+        tol: 1e-4,
+        ..FistaConfig::default()
+    })?;
+    Ok(MatchedFista {
+        fista,
+        lambda,
+        sae_l0,
+        fista_l0,
     })
 }

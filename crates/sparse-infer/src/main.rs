@@ -17,6 +17,7 @@ use sparse_study::StudyReport;
 use std::path::{Path, PathBuf};
 
 mod bench;
+mod dashboards_cmd;
 mod harvest_cmd;
 mod lm_eval;
 mod lm_train;
@@ -67,6 +68,10 @@ enum Command {
     CompareEncoders(lm_eval::CompareArgs),
     /// Every model of an LM training run measured on the same held-out tokens, per-sample encoders on their decoders: table and Pareto figures.
     LmReport(lm_eval::LmReportArgs),
+    /// A static feature browser of an SAE on a store (top contexts, quantile samples, histograms, logits; SAE vs FISTA codes side by side) plus Neuronpedia JSON and a delphi latent cache.
+    Dashboards(dashboards_cmd::DashboardsArgs),
+    /// Serve the feature browser over HTTP (127.0.0.1 by default), computed on start or from a dashboards folder.
+    Serve(dashboards_cmd::ServeArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -360,6 +365,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Evaluate(a) => lm_eval::evaluate(a),
         Command::CompareEncoders(a) => lm_eval::compare_encoders(a),
         Command::LmReport(a) => lm_eval::lm_report(a),
+        Command::Dashboards(a) => dashboards_cmd::dashboards(a),
+        Command::Serve(a) => dashboards_cmd::serve(a),
     }
 }
 

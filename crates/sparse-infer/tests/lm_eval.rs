@@ -22,62 +22,7 @@ struct Setup {
 fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
-    let gguf = root.join("tiny.gguf");
-    write_tiny_llama_gguf(&gguf, &TinyLlamaConfig::default()).unwrap();
-    let text = root.join("text");
-    std::fs::create_dir_all(&text).unwrap();
-    let words = [
-        "sparse",
-        "codes",
-        "the",
-        "dictionary",
-        "of",
-        "atoms",
-        "quick",
-        "fox",
-        "model",
-        "layer",
-        "residual",
-        "stream",
-        "tokens",
-        "12",
-        "345",
-        "!",
-        "lazy",
-        "dog",
-        "jumps",
-        "over",
-    ];
-    for doc in 0..40usize {
-        let body: Vec<&str> = (0..60)
-            .map(|i| words[(doc * 7 + i * (doc % 5 + 3) + i * i) % words.len()])
-            .collect();
-        std::fs::write(text.join(format!("d{doc:02}.txt")), body.join(" ")).unwrap();
-    }
-    let store = root.join("store");
-    ok_json(&[
-        "harvest",
-        "--model",
-        &s(&gguf),
-        "--text",
-        &s(&text),
-        "--layer",
-        "1",
-        "--hook",
-        "resid_post",
-        "--context",
-        "16",
-        "--first-position",
-        "1",
-        "--tokens",
-        "1000000",
-        "--batch",
-        "8",
-        "--shard-contexts",
-        "32",
-        "--out",
-        &s(&store),
-    ]);
+    let (gguf, store) = common::tiny_lm_store(&root);
     let cfg = root.join("lm.toml");
     std::fs::write(
         &cfg,

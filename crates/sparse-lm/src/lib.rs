@@ -31,8 +31,10 @@ pub mod model;
 mod ops;
 pub mod testing;
 pub mod tokenizer;
+pub mod unembed;
 
 pub use error::{LmError, Result};
 pub use hooks::{HookKind, HookPoint};
 pub use model::{LanguageModel, ModelInfo};
 pub use tokenizer::LmTokenizer;
+pub use unembed::Unembedding;

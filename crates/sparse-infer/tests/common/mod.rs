@@ -70,3 +70,68 @@ pub fn synth(dir: &Path) -> PathBuf {
     ]);
     out.join("data.npy")
 }
+
+/// 40 one-file documents of 60 words from a 20-word vocabulary in `root/text`,
+/// a tiny random Llama GGUF (`root/tiny.gguf`, d_model 64) and its harvest at
+/// blocks.1.hook_resid_post into `root/store` (16-token contexts from position 1,
+/// 32 contexts per shard); returns `(gguf, store)`.
+pub fn tiny_lm_store(root: &Path) -> (PathBuf, PathBuf) {
+    use sparse_lm::testing::{write_tiny_llama_gguf, TinyLlamaConfig};
+    let gguf = root.join("tiny.gguf");
+    write_tiny_llama_gguf(&gguf, &TinyLlamaConfig::default()).unwrap();
+    let text = root.join("text");
+    std::fs::create_dir_all(&text).unwrap();
+    let words = [
+        "sparse",
+        "codes",
+        "the",
+        "dictionary",
+        "of",
+        "atoms",
+        "quick",
+        "fox",
+        "model",
+        "layer",
+        "residual",
+        "stream",
+        "tokens",
+        "12",
+        "345",
+        "!",
+        "lazy",
+        "dog",
+        "jumps",
+        "over",
+    ];
+    for doc in 0..40usize {
+        let body: Vec<&str> = (0..60)
+            .map(|i| words[(doc * 7 + i * (doc % 5 + 3) + i * i) % words.len()])
+            .collect();
+        std::fs::write(text.join(format!("d{doc:02}.txt")), body.join(" ")).unwrap();
+    }
+    let store = root.join("store");
+    ok_json(&[
+        "harvest",
+        "--model",
+        &s(&gguf),
+        "--text",
+        &s(&text),
+        "--layer",
+        "1",
+        "--hook",
+        "resid_post",
+        "--context",
+        "16",
+        "--first-position",
+        "1",
+        "--tokens",
+        "1000000",
+        "--batch",
+        "8",
+        "--shard-contexts",
+        "32",
+        "--out",
+        &s(&store),
+    ]);
+    (gguf, store)
+}
