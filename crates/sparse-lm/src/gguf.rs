@@ -282,8 +282,9 @@ impl<R: Read + Seek> GgufFile<R> {
     }
 
     /// Reads tensor `name`, checks that its shape (in candle's row-major order,
-    /// i.e. GGUF's dimensions reversed) is `expected`, and dequantises it to f32.
-    pub fn tensor_f32(&mut self, name: &str, expected: &[usize]) -> Result<candle_core::Tensor> {
+    /// i.e. GGUF's dimensions reversed) is `expected`, and dequantises it to
+    /// f32, row-major.
+    pub fn vec_f32(&mut self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
         let shape_str = |dims: &[usize]| {
             let parts: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
             format!("({})", parts.join(", "))
@@ -313,6 +314,8 @@ impl<R: Read + Seek> GgufFile<R> {
         // Dequantise explicitly: plain f32 matmuls are ~10x faster on CPU than
         // candle's quantised kernels, and give exactly the stored weights (the
         // quantised path also rounds the activations to Q8).
-        Ok(q.dequantize(&Device::Cpu)?)
+        Ok(q.dequantize(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1::<f32>()?)
     }
 }

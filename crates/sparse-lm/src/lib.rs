@@ -8,7 +8,8 @@
 //! with an activation spliced (an SAE's reconstruction, zero-ablation) for
 //! "downstream loss".
 //!
-//! Everything runs on the CPU in f32 with candle, pure Rust. No printing:
+//! Everything runs on the CPU in f32, pure Rust (candle reads the GGUF file,
+//! faer does the products). No printing:
 //! callers decide what to show.
 //!
 //! Conventions: tokens are `batch × seq` row-major `u32`; activations are

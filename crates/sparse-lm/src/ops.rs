@@ -1,156 +1,143 @@
-//! Fused CPU kernels for the forward pass, as candle custom ops.
+//! Sequential CPU kernels of one transformer block on plain row-major f32
+//! buffers.
 //!
-//! Why: with f32 weights the matmuls are ~60% of the time, and candle's
-//! generic element-wise ops (silu, mul, mask add, softmax, transpose copies,
-//! RoPE) each allocate and sweep their whole tensor — together ~35% of a block.
-//! Each op here does one pass over its input and writes its output once:
+//! Why sequential: the forward pass runs independent groups of contexts on
+//! different threads (see `model.rs`), so every kernel here is single-threaded
+//! and owns its core. On these skinny products (a few hundred rows, 576-wide)
+//! a multi-threaded GEMM mostly waits on its own synchronisation, while two
+//! sequential ones side by side each keep near single-thread speed.
 //!
-//! * [`SplitHeads`]: slices the heads out of the fused QKV projection into
-//!   head-major `(batch, heads, seq, head_dim)` and applies rotary embedding on
-//!   the way (replaces reshape + transpose + contiguous copy + `rope_i`);
-//! * [`CausalSoftmax`]: softmax over the unmasked prefix of each score row,
-//!   zeros above the diagonal (replaces mask add + softmax);
-//! * [`SwiGlu`]: `silu(gate) · up` from the fused gate/up projection
-//!   (replaces narrow + silu + mul).
+//! Each kernel does one pass over its input and writes its output once into
+//! a caller-owned buffer, so a block allocates nothing.
 
-use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape};
-use rayon::prelude::*;
+use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef, Par};
+use sparse_core::linalg::exp_f32;
 
-/// The contiguous f32 data of an op's input.
-fn contiguous_f32<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => bail!(
-            "{op}: the input must be contiguous, found strides {:?}",
-            l.stride()
-        ),
+/// `y = x · wᵀ` on one thread, for `x` `(rows, k)` and a weight `w` stored as
+/// llama.cpp does, `(n, k)` (output-major), giving `y` `(rows, n)`; all row-major.
+///
+/// Not `sparse_core::linalg::gemm_into`: that one goes parallel above a size,
+/// and here the parallelism is already across context groups.
+pub(crate) fn matmul_wt(x: &[f32], rows: usize, w: &[f32], n: usize, y: &mut [f32]) {
+    let k = w.len() / n;
+    let a = MatRef::from_row_major_slice(&x[..rows * k], rows, k);
+    let b = MatRef::from_row_major_slice(w, n, k).transpose();
+    let dst = MatMut::from_row_major_slice_mut(&mut y[..rows * n], rows, n);
+    matmul(dst, Accum::Replace, a, b, 1.0, Par::Seq);
+}
+
+/// RMSNorm of each `weight.len()`-wide row of `x` into `out`:
+/// `x / sqrt(mean(x²) + eps) · weight`.
+pub(crate) fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let d = weight.len();
+    for (dst, src) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+        let ms = src.iter().map(|v| v * v).sum::<f32>() / d as f32;
+        let inv = 1.0 / (ms + eps).sqrt();
+        for ((o, &v), &w) in dst.iter_mut().zip(src).zip(weight) {
+            *o = v * inv * w;
+        }
     }
 }
 
-/// Extracts heads `first .. first + n` of a fused projection `(batch·seq, total_heads·head_dim)`
-/// into `(batch, n, seq, head_dim)`, rotating adjacent pairs `(2i, 2i+1)` of
-/// each head by the angle of its position when `rope` holds the `(seq, head_dim/2)`
-/// cos and sin tables (llama.cpp's "normal" RoPE, which GGUF's permuted Q/K weights expect).
-pub(crate) struct SplitHeads<'a> {
-    pub batch: usize,
-    pub seq: usize,
-    pub head_dim: usize,
-    pub first: usize,
-    pub n: usize,
-    pub rope: Option<(&'a [f32], &'a [f32])>,
-}
-
-impl CustomOp1 for SplitHeads<'_> {
-    fn name(&self) -> &'static str {
-        "split-heads-rope"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(self.name(), s, l)?;
-        let (rows, width) = l.shape().dims2()?;
-        let (b, t, hd, n) = (self.batch, self.seq, self.head_dim, self.n);
-        if rows != b * t || (self.first + n) * hd > width || hd % 2 != 0 {
-            bail!(
-                "split-heads: input ({rows}, {width}) does not hold heads {}..{} of width {hd} for {b}×{t} tokens",
-                self.first,
-                self.first + n
-            )
-        }
-        if let Some((cos, sin)) = self.rope {
-            if cos.len() < t * hd / 2 || sin.len() < t * hd / 2 {
-                bail!("split-heads: rope tables shorter than {t} positions")
-            }
-        }
-        let mut out = vec![0f32; b * n * t * hd];
-        out.par_chunks_mut(t * hd)
-            .enumerate()
-            .for_each(|(bh, dst)| {
-                let (bi, h) = (bh / n, bh % n);
-                let col = (self.first + h) * hd;
-                for (ti, d) in dst.chunks_exact_mut(hd).enumerate() {
-                    let src = &x[(bi * t + ti) * width + col..][..hd];
-                    match self.rope {
-                        None => d.copy_from_slice(src),
-                        Some((cos, sin)) => {
-                            let (c, s) =
-                                (&cos[ti * hd / 2..][..hd / 2], &sin[ti * hd / 2..][..hd / 2]);
-                            for i in 0..hd / 2 {
-                                let (x0, x1) = (src[2 * i], src[2 * i + 1]);
-                                d[2 * i] = x0 * c[i] - x1 * s[i];
-                                d[2 * i + 1] = x0 * s[i] + x1 * c[i];
-                            }
-                        }
+/// Copies heads `first .. first + n` of one context's fused projection
+/// `(seq, width)` into head-major `(n, seq, head_dim)`, rotating adjacent pairs
+/// `(2i, 2i+1)` of each head by the angle of its position when `rope` holds the
+/// `(seq, head_dim/2)` cos and sin tables (llama.cpp's "normal" RoPE, which
+/// GGUF's permuted Q/K weights expect).
+pub(crate) fn split_heads(
+    x: &[f32],
+    width: usize,
+    head_dim: usize,
+    first: usize,
+    rope: Option<(&[f32], &[f32])>,
+    out: &mut [f32],
+) {
+    let seq = x.len() / width;
+    let half = head_dim / 2;
+    for (h, dst) in out.chunks_exact_mut(seq * head_dim).enumerate() {
+        let col = (first + h) * head_dim;
+        for (t, d) in dst.chunks_exact_mut(head_dim).enumerate() {
+            let src = &x[t * width + col..][..head_dim];
+            match rope {
+                None => d.copy_from_slice(src),
+                Some((cos, sin)) => {
+                    let (c, s) = (&cos[t * half..][..half], &sin[t * half..][..half]);
+                    for i in 0..half {
+                        let (x0, x1) = (src[2 * i], src[2 * i + 1]);
+                        d[2 * i] = x0 * c[i] - x1 * s[i];
+                        d[2 * i + 1] = x0 * s[i] + x1 * c[i];
                     }
                 }
-            });
-        Ok((CpuStorage::F32(out), Shape::from((b, n, t, hd))))
-    }
-}
-
-/// Row-wise softmax of attention scores whose last dimension is the key
-/// position and whose rows cycle through query positions `0..seq` (any
-/// leading shape): row `r` attends to keys `0..=r % seq`; later keys get 0.
-pub(crate) struct CausalSoftmax {
-    pub seq: usize,
-}
-
-impl CustomOp1 for CausalSoftmax {
-    fn name(&self) -> &'static str {
-        "causal-softmax"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(self.name(), s, l)?;
-        let t = self.seq;
-        let dims = l.shape().dims();
-        if dims.last() != Some(&t) || dims.len() < 2 || !dims[dims.len() - 2].is_multiple_of(t) {
-            bail!("causal-softmax: expected (..., k·{t}, {t}) scores, found {dims:?}")
+            }
         }
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(t)
-            .zip(x.par_chunks(t))
-            .enumerate()
-            .for_each(|(r, (dst, src))| {
-                let n = r % t + 1;
-                let max = src[..n].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for (d, &v) in dst[..n].iter_mut().zip(&src[..n]) {
-                    *d = (v - max).exp();
-                    sum += *d;
-                }
-                let inv = 1.0 / sum;
-                dst[..n].iter_mut().for_each(|d| *d *= inv);
-            });
-        Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 }
 
-/// `silu(gate) · up` of a fused projection `(rows, 2·d_ff)` laid out `[gate | up]`,
-/// giving `(rows, d_ff)`.
-pub(crate) struct SwiGlu;
-
-impl CustomOp1 for SwiGlu {
-    fn name(&self) -> &'static str {
-        "swiglu"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(self.name(), s, l)?;
-        let (rows, width) = l.shape().dims2()?;
-        if width % 2 != 0 {
-            bail!("swiglu: expected (rows, 2·d_ff), found ({rows}, {width})")
+/// Causal attention of one context: head-major `q` `(n_heads, seq, head_dim)`,
+/// `k` and `v` `(n_kv_heads, seq, head_dim)`, `rep = n_heads / n_kv_heads`
+/// (grouped-query attention: query head `h` uses KV head `h / rep`). Writes
+/// `out` `(seq, n_heads·head_dim)` row-major. `scores` (`rep·seq·seq` floats)
+/// and `y` (`rep·seq·head_dim`) are work space. The 1/√head_dim scale is
+/// already folded into `q`.
+pub(crate) fn causal_attention(
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    (seq, head_dim, rep): (usize, usize, usize),
+    scores: &mut [f32],
+    y: &mut [f32],
+    out: &mut [f32],
+) {
+    let group = seq * head_dim;
+    let width = q.len() / seq;
+    let (scores, y) = (&mut scores[..rep * seq * seq], &mut y[..rep * group]);
+    for (g, (kg, vg)) in k.chunks_exact(group).zip(v.chunks_exact(group)).enumerate() {
+        // The `rep` query heads of this KV head are contiguous in `q` and share
+        // K and V: one `(rep·seq, head_dim)·(head_dim, seq)` product scores
+        // them all, one `(rep·seq, seq)·(seq, head_dim)` product mixes V.
+        let qg =
+            MatRef::from_row_major_slice(&q[g * rep * group..][..rep * group], rep * seq, head_dim);
+        let kg = MatRef::from_row_major_slice(kg, seq, head_dim);
+        let vg = MatRef::from_row_major_slice(vg, seq, head_dim);
+        let dst = MatMut::from_row_major_slice_mut(scores, rep * seq, seq);
+        matmul(dst, Accum::Replace, qg, kg.transpose(), 1.0, Par::Seq);
+        causal_softmax(scores, seq);
+        let p = MatRef::from_row_major_slice(scores, rep * seq, seq);
+        let dst = MatMut::from_row_major_slice_mut(y, rep * seq, head_dim);
+        matmul(dst, Accum::Replace, p, vg, 1.0, Par::Seq);
+        // Scatter head rows into `out`'s columns. (A row-strided destination
+        // straight in the matmul corrupted the heap with faer 0.24.4.)
+        for (r, src) in y.chunks_exact(head_dim).enumerate() {
+            let (head, t) = (g * rep + r / seq, r % seq);
+            out[t * width + head * head_dim..][..head_dim].copy_from_slice(src);
         }
-        let f = width / 2;
-        let mut out = vec![0f32; rows * f];
-        out.par_chunks_mut(f)
-            .zip(x.par_chunks(width))
-            .for_each(|(dst, src)| {
-                let (gate, up) = src.split_at(f);
-                for ((d, &g), &u) in dst.iter_mut().zip(gate).zip(up) {
-                    *d = g / (1.0 + (-g).exp()) * u;
-                }
-            });
-        Ok((CpuStorage::F32(out), Shape::from((rows, f))))
+    }
+}
+
+/// In-place softmax of the `(rep·seq, seq)` scores of one KV head, whose rows
+/// cycle through query positions `0..seq`: row `r` attends to keys
+/// `0..=r % seq`; later keys are set to 0 (the causal mask).
+pub(crate) fn causal_softmax(scores: &mut [f32], seq: usize) {
+    for (r, row) in scores.chunks_exact_mut(seq).enumerate() {
+        let n = r % seq + 1;
+        let (live, masked) = row.split_at_mut(n);
+        let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for v in live.iter_mut() {
+            *v = exp_f32(*v - max);
+            sum += *v;
+        }
+        let inv = 1.0 / sum;
+        live.iter_mut().for_each(|v| *v *= inv);
+        masked.fill(0.0);
+    }
+}
+
+/// `silu(gate) · up` of a fused projection `(rows, 2·d_ff)` laid out
+/// `[gate | up]`, into `out` `(rows, d_ff)`.
+pub(crate) fn swiglu(x: &[f32], d_ff: usize, out: &mut [f32]) {
+    for (dst, src) in out.chunks_exact_mut(d_ff).zip(x.chunks_exact(2 * d_ff)) {
+        let (gate, up) = src.split_at(d_ff);
+        for ((d, &g), &u) in dst.iter_mut().zip(gate).zip(up) {
+            *d = g / (1.0 + exp_f32(-g)) * u;
+        }
     }
 }

@@ -146,6 +146,32 @@ fn causal_later_tokens_do_not_change_earlier_positions() {
 }
 
 #[test]
+fn results_do_not_depend_on_the_thread_count() {
+    // The forward pass cuts the batch into one group of contexts per thread;
+    // stores must not change bits with the machine, so neither may the grouping.
+    let cfg = TinyLlamaConfig::default();
+    let m = LanguageModel::load(tiny_model("threads", &cfg)).unwrap();
+    let (batch, seq) = (5, 11);
+    let toks = tokens(batch * seq, m.info().vocab_size, 4);
+    let hooks = all_hooks(cfg.n_layers);
+    let with_threads = |n: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let acts = m.hook_activations(&toks, batch, seq, &hooks).unwrap();
+            let nll = m.token_nll(&toks, batch, seq).unwrap();
+            (acts, nll)
+        })
+    };
+    let one = with_threads(1);
+    for n in [2, 3, 5] {
+        assert!(with_threads(n) == one, "{n} threads differ from one");
+    }
+}
+
+#[test]
 fn splicing_itself_is_identity_and_zeros_change_the_loss() {
     let cfg = TinyLlamaConfig::default();
     let m = LanguageModel::load(tiny_model("splice", &cfg)).unwrap();
