@@ -38,8 +38,7 @@ impl Unembedding {
             None => vec![0, 0],
         };
         let (vocab_size, d_model) = (dims[0], dims.get(1).copied().unwrap_or(0));
-        let t = f.tensor_f32(name, &[vocab_size, d_model])?;
-        let weights = t.flatten_all()?.to_vec1::<f32>()?;
+        let weights = f.vec_f32(name, &[vocab_size, d_model])?;
         Ok(Unembedding {
             vocab_size,
             d_model,
