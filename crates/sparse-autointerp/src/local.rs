@@ -9,7 +9,7 @@
 //! - **Verdicts** need no generation: one forward pass over the prompt, and
 //!   `P(yes) = softmax(logit("Yes"), logit("No"))[0]` at the last position;
 //!   the answer is yes when that exceeds ½ (so AUROC is available).
-//! - **Explanations**: greedy decoding of at most `explain_max_new` tokens
+//! - **Explanations**: the reply pre-filled with `Explanation:`, then greedy decoding of at most `explain_max_new` tokens
 //!   (the model has no KV cache, so generation is quadratic: prompts are kept
 //!   short by the example window).
 
@@ -84,7 +84,7 @@ impl LocalJudge {
             im_end,
             yes,
             no,
-            explain_max_new: 32,
+            explain_max_new: 16,
         })
     }
 

@@ -33,6 +33,10 @@ You see text excerpts in which the tokens where the neuron activates are marked 
 Reply with one short phrase (at most 12 words) saying what the marked tokens have in common, \
 in the form: Explanation: <phrase>";
 
+/// The explainer's last line, after the examples.
+pub const EXPLAINER_QUESTION: &str =
+    "What do the marked tokens have in common? Reply with: Explanation: <a short phrase>";
+
 /// System prompt of the detection scorer.
 pub const DETECTION_SYSTEM: &str = "A neuron in a language model is described by an explanation. \
 Decide whether the neuron activates anywhere in the given text. Answer only Yes or No.";
@@ -48,6 +52,8 @@ pub fn explainer(examples: &[Shown]) -> Vec<Message> {
     for (i, e) in examples.iter().enumerate() {
         user.push_str(&format!("{}. {}\n", i + 1, one_line(&e.marked(&e.active))));
     }
+    // Restating the task after the examples helps small models answer rather than echo.
+    user.push_str(EXPLAINER_QUESTION);
     vec![
         Message::new("system", EXPLAINER_SYSTEM),
         Message::new("user", user),
@@ -144,6 +150,9 @@ mod tests {
         assert_eq!(e.marked(&e.active), "The <<cat>> sat");
         assert_eq!(e.plain(), "The cat sat");
         let m = explainer(&[e]);
-        assert_eq!(m[1].content, "Examples:\n1. The <<cat>> sat\n");
+        assert_eq!(
+            m[1].content,
+            format!("Examples:\n1. The <<cat>> sat\n{EXPLAINER_QUESTION}")
+        );
     }
 }
