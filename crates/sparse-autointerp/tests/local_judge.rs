@@ -93,4 +93,71 @@ fn smollm2_speaks_chatml_and_its_verdicts_follow_the_text() {
     let e = sparse_autointerp::prompts::parse_explanation(&reply);
     println!("explanation: {reply:?} → {e:?}");
     assert!(!e.is_empty());
+
+    // The whole pipeline on the local judge: two features, each firing on one word.
+    let rec = |index: usize, word: &str| {
+        let ex = |k: u64| {
+            let tokens: Vec<String> = [
+                "We",
+                " saw",
+                " a",
+                &format!(" {word}"),
+                " near",
+                &format!(" house {k}"),
+            ]
+            .iter()
+            .map(|t| t.to_string())
+            .collect();
+            let activations = vec![0.0, 0.0, 0.0, 3.0, 0.0, 0.0];
+            sparse_features::record::ActivationExample {
+                context: 100 * index as u64 + k,
+                token_ids: vec![0; 6],
+                tokens,
+                activations,
+                max_position: 3,
+                max_activation: 3.0,
+            }
+        };
+        sparse_features::record::FeatureRecord {
+            index,
+            encoder: "sae".into(),
+            tokens_seen: 100,
+            density: 0.1,
+            max_activation: 3.0,
+            top_examples: (0..5).map(ex).collect(),
+            quantile_examples: vec![],
+            histogram: sparse_features::record::Histogram {
+                edges: vec![0.0, 3.0],
+                counts: vec![5],
+            },
+            top_logits: vec![],
+            bottom_logits: vec![],
+        }
+    };
+    let records = vec![rec(0, "dog"), rec(1, "river")];
+    let opts = sparse_autointerp::pipeline::PipelineOptions {
+        examples: sparse_autointerp::examples::ExampleOptions {
+            explain_top: 3,
+            score_positives: 2,
+            negative_features: 1,
+            ..Default::default()
+        },
+        max_features: None,
+        concurrency: 1,
+        seed: 0,
+        resamples: 200,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let s = sparse_autointerp::pipeline::run(&records, &judge, dir.path(), &opts).unwrap();
+    let res = sparse_autointerp::pipeline::read_results(&dir.path().join("results.jsonl")).unwrap();
+    println!("{}", serde_json::to_string(&res).unwrap());
+    assert_eq!(res.len(), 2);
+    for r in &res {
+        assert_eq!((r.detection.n, r.detection.positives), (4, 2));
+        assert!(
+            r.detection.auroc.is_some(),
+            "the local judge gives probabilities"
+        );
+    }
+    assert_eq!(s.encoders["sae"].detection.auroc.n, 2);
 }
