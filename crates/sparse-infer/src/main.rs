@@ -16,11 +16,13 @@ use sparse_study::synthetic_realism::SyntheticRealismConfig;
 use sparse_study::StudyReport;
 use std::path::{Path, PathBuf};
 
+mod autointerp_cmd;
 mod bench;
 mod dashboards_cmd;
 mod harvest_cmd;
 mod lm_eval;
 mod lm_train;
+mod probe_cmd;
 mod saelens_cmd;
 mod synth_preset;
 mod train;
@@ -62,6 +64,10 @@ enum Command {
     Export(saelens_cmd::ExportArgs),
     /// Run a language model over text and store its activations at one hook point (resumable).
     Harvest(harvest_cmd::HarvestArgs),
+    /// k-sparse probing of part-of-speech tags and monosemanticity of encoders on a Brown store.
+    Probe(probe_cmd::ProbeArgs),
+    /// Explain latents and score the explanations (detection, fuzzing) with an LLM judge.
+    Autointerp(autointerp_cmd::AutointerpArgs),
     /// Held-out metrics of a trained checkpoint on a split of an activation store; prints JSON.
     Evaluate(lm_eval::EvaluateArgs),
     /// An SAE's own encoder against per-sample inference (FISTA, OMP, MP, SAE+FISTA) on its decoder, on held-out tokens of a store; prints JSON.
@@ -362,6 +368,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Report(a) => report(a),
         Command::Export(a) => saelens_cmd::export(a),
         Command::Harvest(a) => harvest_cmd::harvest_cmd(a),
+        Command::Probe(a) => probe_cmd::probe(a),
+        Command::Autointerp(a) => autointerp_cmd::autointerp(a),
         Command::Evaluate(a) => lm_eval::evaluate(a),
         Command::CompareEncoders(a) => lm_eval::compare_encoders(a),
         Command::LmReport(a) => lm_eval::lm_report(a),
