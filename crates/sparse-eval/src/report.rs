@@ -120,6 +120,8 @@ pub struct LmReport {
     pub ce_zero_ablation: Option<f64>,
     /// The trained models, in configuration order.
     pub models: Vec<ModelResult>,
+    /// Models of the configuration with no checkpoint yet (left out).
+    pub untrained: Vec<String>,
     /// The per-sample comparisons.
     pub comparisons: Vec<DictionaryComparison>,
 }
@@ -207,21 +209,48 @@ pub fn run(
         }
         None => None,
     };
+    // A piece is reused when what it depends on is unchanged: a model's row
+    // does not depend on the comparison options, a comparison not on which
+    // other models are compared.
     let key_of = |ckpt: &Checkpoint, what: &str| {
+        let mut o = serde_json::to_value(opts).expect("options serialise");
+        let o = o.as_object_mut().expect("an object");
+        o.remove("compare");
+        if what == "model" {
+            for k in [
+                "validation_tokens",
+                "fista_iters",
+                "lambda_steps",
+                "fista_lambda_factors",
+            ] {
+                o.remove(k);
+            }
+        } else {
+            o.remove("split_max_tokens");
+        }
         serde_json::json!({
             "what": what,
             "step": ckpt.step,
             "store": store_sha,
-            "options": opts,
+            "options": o,
             "lm": lm.map(|l| &l.path),
         })
     };
 
     let mut models = Vec::new();
+    let mut untrained = Vec::new();
     for spec in &cfg.model {
         let dir = cfg.out.join(&spec.name);
-        let ckpt = checkpoint::load(&dir)
-            .with_context(|| format!("loading {} (train the run first)", dir.display()))?;
+        if !checkpoint::exists(&dir) {
+            log(&format!(
+                "{}: no checkpoint in {} yet, left out",
+                spec.name,
+                dir.display()
+            ));
+            untrained.push(spec.name.clone());
+            continue;
+        }
+        let ckpt = checkpoint::load(&dir).with_context(|| format!("loading {}", dir.display()))?;
         let path = out.join(format!("model-{}.json", spec.name));
         let key = key_of(&ckpt, "model");
         if let Some(r) = load_cached::<ModelResult>(&path, &key) {
@@ -280,6 +309,9 @@ pub fn run(
     let mut comparisons = Vec::new();
     for name in &targets {
         let dir = cfg.out.join(name);
+        if untrained.contains(name) {
+            continue;
+        }
         let ckpt = checkpoint::load(&dir)?;
         let path = out.join(format!("compare-{name}.json"));
         let key = key_of(&ckpt, "compare");
@@ -327,6 +359,7 @@ pub fn run(
         ce_clean: base.as_ref().map(|b| b.clean),
         ce_zero_ablation: base.as_ref().map(|b| b.zero),
         models,
+        untrained,
         comparisons,
     };
     write_outputs(&report, out)?;
@@ -521,6 +554,12 @@ pub fn markdown(r: &LmReport) -> String {
             m.split_metrics.dense_fraction,
             m.eval.flops_per_token,
             m.training_flops,
+        ));
+    }
+    if !r.untrained.is_empty() {
+        s.push_str(&format!(
+            "\nNot trained yet (left out): {}.\n",
+            r.untrained.join(", ")
         ));
     }
     for c in &r.comparisons {
