@@ -126,6 +126,16 @@ fn l0(z: &Matrix) -> f64 {
     sparse_core::metrics::l0(z).mean_count
 }
 
+/// The FISTA every comparison uses: non-negative, tolerance 1e-4.
+fn comparison_fista(lambda: f32, max_iter: usize) -> Result<Fista> {
+    Ok(Fista::new(FistaConfig {
+        lambda,
+        max_iter,
+        tol: 1e-4,
+        ..FistaConfig::default()
+    })?)
+}
+
 /// λ of a non-negative FISTA whose mean L0 on `xc` (centred, normalised
 /// rows) is within 5% of `target`: geometric bisection on
 /// `[λ_max·1e−5, λ_max]`, `λ_max = max_{i,j} ⟨x_i, d_j⟩` (above it every code is 0).
@@ -147,12 +157,7 @@ pub fn fista_lambda_for_l0(
     let mut best = (lambda_max, 0.0f64, f64::INFINITY);
     for _ in 0..steps {
         let lam = (lo * hi).sqrt();
-        let f = Fista::new(FistaConfig {
-            lambda: lam as f32,
-            max_iter,
-            tol: 1e-4,
-            ..FistaConfig::default()
-        })?;
+        let f = comparison_fista(lam as f32, max_iter)?;
         let got = l0(&f.encode(xc, dictionary)?.codes);
         let err = (got - target).abs();
         if err < best.2 {
@@ -323,14 +328,7 @@ pub fn compare(
     let matched = matched_fista(ckpt, &xv, opts.fista_iters, opts.lambda_steps)?;
     let (sae_l0_val, lambda, fista_l0_val) = (matched.sae_l0, matched.lambda, matched.fista_l0);
     let k = (sae_l0_val.round() as usize).clamp(1, n_latents);
-    let fista = |lambda: f32| {
-        Fista::new(FistaConfig {
-            lambda,
-            max_iter: opts.fista_iters,
-            tol: 1e-4,
-            ..FistaConfig::default()
-        })
-    };
+    let fista = |lambda: f32| comparison_fista(lambda, opts.fista_iters);
     let mut methods: Vec<(String, Method)> = [
         Method::Sae,
         Method::Fista(fista(lambda)?),
@@ -434,12 +432,7 @@ pub fn matched_fista(
     let xvc = centred(&xvn, &b_dec);
     let (lambda, fista_l0) =
         fista_lambda_for_l0(&xvc, model.dictionary(), sae_l0.max(1.0), max_iter, steps)?;
-    let fista = Fista::new(FistaConfig {
-        lambda,
-        max_iter,
-        tol: 1e-4,
-        ..FistaConfig::default()
-    })?;
+    let fista = comparison_fista(lambda, max_iter)?;
     Ok(MatchedFista {
         fista,
         lambda,
