@@ -207,7 +207,12 @@ pub fn feature_examples(
         .collect();
     let mut rng =
         ChaCha8Rng::seed_from_u64(seed ^ (rec.index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    let mut others: Vec<usize> = (0..records.len()).filter(|&j| j != i).collect();
+    // Only features with held-out examples can give negatives: drawing dead or
+    // rare ones would leave a feature with fewer negatives than positives (or
+    // none, and unscored) for reasons that have nothing to do with it.
+    let mut others: Vec<usize> = (0..records.len())
+        .filter(|&j| j != i && !held_out(&records[j], opts).1.is_empty())
+        .collect();
     others.shuffle(&mut rng);
     others.truncate(opts.negative_features);
     let pools: Vec<Vec<&ActivationExample>> = others
@@ -233,5 +238,61 @@ pub fn feature_examples(
         explain: explain.iter().map(|e| Shown::of(e, opts)).collect(),
         positives,
         negatives,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sparse_features::record::Histogram;
+
+    /// A feature firing once in each of `n` contexts (ids from `1000·index`).
+    fn record(index: usize, n: usize) -> FeatureRecord {
+        let example = |k: usize| ActivationExample {
+            context: (1000 * index + k) as u64,
+            token_ids: vec![1, 2, 3],
+            tokens: vec!["a".into(), " b".into(), " c".into()],
+            activations: vec![0.0, 2.0, 0.0],
+            max_position: 1,
+            max_activation: 2.0,
+        };
+        FeatureRecord {
+            index,
+            encoder: "sae".into(),
+            tokens_seen: 1000,
+            density: n as f64 / 1000.0,
+            max_activation: 2.0,
+            top_examples: (0..n).map(example).collect(),
+            quantile_examples: vec![],
+            histogram: Histogram {
+                edges: vec![0.0, 2.0],
+                counts: vec![n as u64],
+            },
+            top_logits: vec![],
+            bottom_logits: vec![],
+        }
+    }
+
+    #[test]
+    fn negatives_come_only_from_features_with_held_out_examples() {
+        // Feature 0 and three others are alive; 40 are dead or fire once
+        // (explained, nothing held out). Five random others would almost
+        // surely all be dead ones.
+        let mut recs = vec![record(0, 14)];
+        recs.extend((1..=40).map(|j| record(j, j % 2)));
+        recs.extend((41..=43).map(|j| record(j, 14)));
+        let opts = ExampleOptions {
+            score_positives: 4,
+            ..ExampleOptions::default()
+        };
+        for seed in 0..20 {
+            let ex = feature_examples(&recs, 0, &opts, seed);
+            assert_eq!(ex.positives.len(), 4);
+            assert_eq!(ex.negatives.len(), 4, "seed {seed}: balanced");
+            assert!(ex
+                .negatives
+                .iter()
+                .all(|n| (41_000..44_000).contains(&n.context)));
+        }
     }
 }

@@ -10,8 +10,8 @@
 //!   `P(yes) = softmax(logit("Yes"), logit("No"))[0]` at the last position;
 //!   the answer is yes when that exceeds ½ (so AUROC is available).
 //! - **Explanations**: the reply pre-filled with `Explanation:`, then greedy decoding of at most `explain_max_new` tokens
-//!   (the model has no KV cache, so generation is quadratic: prompts are kept
-//!   short by the example window).
+//!   (keys and values are cached: the prompt is run once, then one position
+//!   per new token).
 
 use crate::judge::{Judge, Verdict};
 use crate::prompts::Message;
@@ -132,9 +132,7 @@ impl Judge for LocalJudge {
 
     fn verdict(&self, messages: &[Message]) -> Result<Verdict> {
         let ids = self.prompt_ids(messages)?;
-        let logits = self.model.logits(&ids, 1, ids.len())?;
-        let v = self.tok.vocab_size();
-        let last = &logits[(ids.len() - 1) * v..ids.len() * v];
+        let last = self.model.last_logits(&ids)?;
         let (ly, ln) = (
             last[self.yes as usize] as f64,
             last[self.no as usize] as f64,

@@ -108,23 +108,45 @@ pub struct Summary {
     pub encoders: BTreeMap<String, EncoderSummary>,
 }
 
-/// Reads `<index>.json` feature records from a folder (sorted by index).
+/// Reads `<index>.json` feature records, sorted by encoder then index, from
+/// a folder of records, or from a `dashboards` output folder (every
+/// encoder's records under `data/{encoder}/`, `data/index.json` skipped).
 pub fn read_records(dir: &Path) -> Result<Vec<FeatureRecord>> {
-    let entries = std::fs::read_dir(dir)
-        .with_context(|| format!("reading the records folder {}", dir.display()))?;
-    let mut out = Vec::new();
-    for e in entries {
-        let p = e?.path();
-        if p.extension().and_then(|s| s.to_str()) != Some("json") {
-            continue;
+    let data = dir.join("data");
+    let folders: Vec<PathBuf> = if data.join("index.json").is_file() {
+        let mut subs = Vec::new();
+        for e in std::fs::read_dir(&data)
+            .with_context(|| format!("reading the dashboards data folder {}", data.display()))?
+        {
+            let p = e?.path();
+            if p.is_dir() {
+                subs.push(p);
+            }
         }
-        let bytes = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
-        let rec: FeatureRecord = serde_json::from_slice(&bytes)
-            .with_context(|| format!("{}: not a feature record", p.display()))?;
-        out.push(rec);
+        subs
+    } else {
+        vec![dir.to_path_buf()]
+    };
+    let mut out = Vec::new();
+    for folder in &folders {
+        let entries = std::fs::read_dir(folder)
+            .with_context(|| format!("reading the records folder {}", folder.display()))?;
+        for e in entries {
+            let p = e?.path();
+            if p.extension().and_then(|s| s.to_str()) != Some("json") {
+                continue;
+            }
+            let bytes = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+            let rec: FeatureRecord = serde_json::from_slice(&bytes)
+                .with_context(|| format!("{}: not a feature record", p.display()))?;
+            out.push(rec);
+        }
     }
     if out.is_empty() {
-        bail!("{}: no feature records (<index>.json)", dir.display());
+        bail!(
+            "{}: no feature records (<index>.json, or a dashboards folder with data/<encoder>/<index>.json)",
+            dir.display()
+        );
     }
     out.sort_by(|a, b| (&a.encoder, a.index).cmp(&(&b.encoder, b.index)));
     Ok(out)

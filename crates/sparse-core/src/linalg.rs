@@ -157,7 +157,7 @@ pub fn solve_spd(a: &[f64], b: &[f64]) -> Option<Vec<f64>> {
 /// glibc's `expf` is compiled for AVX while this crate's code is SSE: each
 /// call from a hot loop pays an SSE/AVX transition stall (measured: ~20× the
 /// cost of the arithmetic). This version is plain arithmetic, inlines and
-/// vectorises. Range reduction `x = k·ln2 + r` (Cody–Waite, two-part ln2),
+/// vectorises (no libm call at all, not even `roundf`). Range reduction `x = k·ln2 + r` (Cody–Waite, two-part ln2),
 /// then a degree-6 Taylor polynomial for `e^r` on `|r| ≤ ln2/2`.
 #[inline]
 pub fn exp_f32(x: f32) -> f32 {
@@ -170,7 +170,12 @@ pub fn exp_f32(x: f32) -> f32 {
     if x < -103.97208 {
         return 0.0;
     }
-    let k = (x * std::f32::consts::LOG2_E).round();
+    // Round to nearest by adding and subtracting 1.5·2²³ (exact for |t| < 2²²;
+    // here |t| < 151): `f32::round` is a libm call, with the same transition
+    // stall as `expf`. Ties go to even instead of away from zero; either k
+    // leaves |r| ≤ ln2/2.
+    const ROUND: f32 = 12_582_912.0;
+    let k = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
     let r = (x - k * LN2_HI) - k * LN2_LO;

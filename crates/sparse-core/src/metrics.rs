@@ -24,6 +24,7 @@ use crate::matrix::Matrix;
 use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef};
 use serde::{Deserialize, Serialize};
 
+pub mod bootstrap;
 pub mod held_out;
 mod synth_bench;
 pub use synth_bench::{

@@ -1,7 +1,7 @@
 //! Held-out contexts of an activation store: which contexts belong to a
 //! split, and their stored activations and tokens.
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use sparse_core::checkpoint::Checkpoint;
 use sparse_core::Matrix;
 use sparse_store::{ActivationStore, Split, Splits};
@@ -55,7 +55,11 @@ pub fn context_data(store: &ActivationStore, contexts: &[u64]) -> Result<(Matrix
 pub fn resolve_splits(ckpt: &Checkpoint, fractions: Option<&[f64]>) -> Result<Splits> {
     Ok(match fractions {
         Some([v, t]) => Splits::new(*v, *t)?,
-        _ => match sparse_train::stored_run(ckpt) {
+        Some(other) => bail!(
+            "--fractions takes two values, VALIDATION,TEST (e.g. 0.05,0.05); got {} ({other:?})",
+            other.len()
+        ),
+        None => match sparse_train::stored_run(ckpt) {
             Some(r) => r.splits,
             None => Splits::new(0.05, 0.05)?,
         },

@@ -13,7 +13,7 @@ use std::time::Duration;
 /// Arguments of `autointerp`.
 #[derive(clap::Args, Debug)]
 pub struct AutointerpArgs {
-    /// Folder of feature records (`<index>.json`, any encoders).
+    /// A `dashboards` output folder (every encoder in it), or a folder of feature records (`<index>.json`, any encoders).
     #[arg(long)]
     records: PathBuf,
     /// Output folder: results.jsonl (resumable), summary.json, cache/.
@@ -29,14 +29,15 @@ pub struct AutointerpArgs {
     #[arg(long, default_value = "OPENAI_API_KEY")]
     api_key_env: String,
     /// Run a local GGUF chat model instead of an endpoint (default model: the fetched SmolLM2-135M-Instruct).
-    #[arg(long, num_args = 0..=1, default_missing_value = "")]
-    local_gguf: Option<PathBuf>,
+    #[arg(long, num_args = 0..=1)]
+    local_gguf: Option<Option<PathBuf>>,
     /// Features scored per encoder.
     #[arg(long)]
     features: Option<usize>,
-    /// Features in flight at once (1 for a local model).
-    #[arg(long, default_value_t = 4)]
-    concurrency: usize,
+    /// Features in flight at once [default: 4 for an endpoint; for a local
+    /// model the number of threads, as each of its passes over one prompt runs on one].
+    #[arg(long)]
+    concurrency: Option<usize>,
     /// Retries on 429 / 5xx / timeouts.
     #[arg(long, default_value_t = 5)]
     retries: usize,
@@ -61,11 +62,9 @@ pub fn autointerp(a: AutointerpArgs) -> Result<()> {
         (Some(_), Some(_)) => bail!("give either --endpoint or --local-gguf, not both"),
         (None, None) => bail!("no judge: give --endpoint URL or --local-gguf [FILE]"),
         (Some(p), None) => {
-            let p = if p.as_os_str().is_empty() {
-                sparse_lm::assets::default_model_path()
-            } else {
-                p.clone()
-            };
+            let p = p
+                .clone()
+                .unwrap_or_else(sparse_lm::assets::default_model_path);
             Box::new(LocalJudge::load(&p)?)
         }
         (None, Some(url)) => {
@@ -83,16 +82,28 @@ pub fn autointerp(a: AutointerpArgs) -> Result<()> {
             ..ExampleOptions::default()
         },
         max_features: a.features,
-        concurrency: if a.local_gguf.is_some() {
-            1
+        concurrency: a.concurrency.unwrap_or(if a.local_gguf.is_some() {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
-            a.concurrency
-        },
+            4
+        }),
         seed: a.seed,
         resamples: 1000,
     };
     let summary = run(&records, judge.as_ref(), &a.out, &opts)
         .with_context(|| format!("autointerp into {}", a.out.display()))?;
+    if let Some(want) = a.features {
+        for (encoder, e) in &summary.encoders {
+            if e.features < want {
+                eprintln!(
+                    "warning: encoder {encoder}: only {} of the {want} requested features have \
+                     held-out examples in {}; record more latents (dashboards --features N)",
+                    e.features,
+                    a.records.display()
+                );
+            }
+        }
+    }
     if let Some(p) = &a.markdown {
         std::fs::write(p, markdown(&summary))
             .with_context(|| format!("writing {}", p.display()))?;

@@ -70,7 +70,7 @@ pub struct BuildArgs {
     #[arg(long)]
     lm: Option<PathBuf>,
     /// Held-out fractions `VALIDATION,TEST` (default: those the checkpoint was trained with).
-    #[arg(long, value_delimiter = ',', num_args = 2)]
+    #[arg(long, value_delimiter = ',', num_args = 1..=2)]
     fractions: Option<Vec<f64>>,
     /// Skip the exports (Neuronpedia JSON, delphi cache) under OUT/exports.
     #[arg(long)]

@@ -45,7 +45,7 @@ pub struct CompareArgs {
     #[arg(long)]
     markdown: Option<PathBuf>,
     /// Held-out fractions `VALIDATION,TEST` (default: those the checkpoint was trained with, else 0.05,0.05).
-    #[arg(long, value_delimiter = ',', num_args = 2)]
+    #[arg(long, value_delimiter = ',', num_args = 1..=2)]
     fractions: Option<Vec<f64>>,
 }
 
@@ -122,7 +122,7 @@ pub struct EvaluateArgs {
     #[arg(long)]
     max_tokens: Option<u64>,
     /// Held-out fractions `VALIDATION,TEST` (default: those the checkpoint was trained with, else 0.05,0.05).
-    #[arg(long, value_delimiter = ',', num_args = 2)]
+    #[arg(long, value_delimiter = ',', num_args = 1..=2)]
     fractions: Option<Vec<f64>>,
     /// Language model for the downstream loss (default: the fetched asset, when its sha256 is the store's; a file with another sha256 is an error).
     #[arg(long)]

@@ -4,11 +4,12 @@
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use sparse_core::encoders::fista::{Fista, FistaConfig};
+use sparse_core::metrics::bootstrap::{bootstrap_mean_ci, MeanCi};
 use sparse_eval::compare::{fista_lambda_for_l0, Method};
 use sparse_eval::heldout::{context_data, contexts_for_tokens, resolve_splits, split_contexts};
-use sparse_probe::mono::monosemanticity;
+use sparse_probe::mono::{monosemanticity, Monosemanticity};
 use sparse_probe::pos::Coarse;
-use sparse_probe::probe::{probe_tasks, ProbeOptions};
+use sparse_probe::probe::{mean_accuracy_ci95, probe_tasks, ProbeOptions, ProbeResult};
 use sparse_probe::store::{labelled_codes, Labeller};
 use sparse_store::{ActivationStore, Split};
 use std::collections::BTreeMap;
@@ -51,7 +52,7 @@ pub struct ProbeArgs {
     #[arg(long)]
     lm: Option<PathBuf>,
     /// Held-out fractions `VALIDATION,TEST` (default: the checkpoint's, else 0.05,0.05).
-    #[arg(long, value_delimiter = ',', num_args = 2)]
+    #[arg(long, value_delimiter = ',', num_args = 1..=2)]
     fractions: Option<Vec<f64>>,
     /// Validation tokens for matching FISTA's L0 to the encoder's.
     #[arg(long, default_value_t = 1024)]
@@ -149,23 +150,26 @@ pub fn probe(a: ProbeArgs) -> Result<()> {
             let mono_pos = monosemanticity(&tec, &tel, a.top_n)?;
             let mut by_k = BTreeMap::new();
             for &k in &ks {
-                let v: Vec<f64> = results
-                    .iter()
-                    .filter(|r| r.k == k)
-                    .map(|r| r.test_accuracy)
-                    .collect();
-                by_k.insert(k.to_string(), v.iter().sum::<f64>() / v.len().max(1) as f64);
+                let of_k: Vec<&ProbeResult> = results.iter().filter(|r| r.k == k).collect();
+                by_k.insert(k.to_string(), mean_accuracy_ci95(&of_k));
             }
+            // Monosemanticity: a bootstrap over the scored latents.
+            let mono_ci = |m: &Monosemanticity, salt: u64| {
+                let shares: Vec<f64> = m.per_latent.iter().map(|&(_, s)| s).collect();
+                bootstrap_mean_ci(&shares, 0.95, 1000, a.seed ^ salt)
+            };
+            let (tok_ci, pos_ci) = (mono_ci(&mono_tok, 0x70c), mono_ci(&mono_pos, 0x905));
+            let ci = |c: &MeanCi| format!("{:.3} [{:.3}, {:.3}]", c.mean, c.lo, c.hi);
             let label = format!("{name}/{}", method.name());
             md.push_str(&format!(
-                "| {label} | {l0:.1} | {} | {:.3} ({}) | {:.3} |\n",
+                "| {label} | {l0:.1} | {} | {} ({}) | {} |\n",
                 ks.iter()
-                    .map(|k| format!("{:.3}", by_k[&k.to_string()]))
+                    .map(|k| ci(&by_k[&k.to_string()]))
                     .collect::<Vec<_>>()
                     .join(" | "),
-                mono_tok.mean,
+                ci(&tok_ci),
                 mono_tok.scored_latents,
-                mono_pos.mean
+                ci(&pos_ci)
             ));
             rows.push(json!({
                 "encoder": label,
@@ -174,12 +178,13 @@ pub fn probe(a: ProbeArgs) -> Result<()> {
                 "test_l0": l0,
                 "train_tokens": trc.len(),
                 "test_tokens": tec.len(),
-                "mean_test_accuracy_by_k": by_k,
+                "mean_test_accuracy_by_k": by_k.iter().map(|(k, c)| (k.clone(), c.mean)).collect::<BTreeMap<_, _>>(),
+                "test_accuracy_ci95_by_k": by_k,
                 "tasks": results,
                 "monosemanticity": {
                     "top_n": a.top_n,
-                    "token": {"mean": mono_tok.mean, "scored_latents": mono_tok.scored_latents},
-                    "pos": {"mean": mono_pos.mean, "scored_latents": mono_pos.scored_latents},
+                    "token": {"mean": mono_tok.mean, "scored_latents": mono_tok.scored_latents, "ci95": tok_ci},
+                    "pos": {"mean": mono_pos.mean, "scored_latents": mono_pos.scored_latents, "ci95": pos_ci},
                 },
             }));
         }
@@ -188,12 +193,12 @@ pub fn probe(a: ProbeArgs) -> Result<()> {
         "store": a.store,
         "seed": a.seed,
         "max_per_class": a.max_per_class,
-        "notes": "one-vs-rest coarse POS tasks, balanced (negatives spread over the other classes), latents chosen on train by |mean difference|, L2 logistic regression C=1 on the top-k codes, accuracy on the test split (chance 0.5); monosemanticity = mean over latents with ≥ top_n positive test codes of the share of their top_n activations on the most common token id (token) or coarse tag (pos)",
+        "notes": "one-vs-rest coarse POS tasks, balanced (negatives spread over the other classes), latents chosen on train by |mean difference|, L2 logistic regression C=1 on the top-k codes, accuracy on the test split (chance 0.5), its 95 % interval the binomial test-sample noise averaged over tasks (normal approximation); monosemanticity = mean over latents with ≥ top_n positive test codes of the share of their top_n activations on the most common token id (token) or coarse tag (pos), 95 % percentile bootstrap over latents (1000 resamples)",
         "encoders": rows,
     });
     if let Some(p) = &a.markdown {
         let head = format!(
-            "| encoder | L0 | {} | token mono. (latents) | POS mono. |\n|---|---|{}---|---|\n",
+            "Means with [95 % intervals].\n\n| encoder | L0 | {} | token mono. (latents) | POS mono. |\n|---|---|{}---|---|\n",
             ks.iter()
                 .map(|k| format!("acc k={k}"))
                 .collect::<Vec<_>>()

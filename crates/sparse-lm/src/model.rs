@@ -1,6 +1,6 @@
-//! A Llama-architecture decoder loaded from GGUF, run without a KV cache on
-//! plain f32 buffers (faer products, the kernels of [`ops`]), with hooks into
-//! the residual stream. candle is used only to parse and dequantise the file.
+//! A Llama-architecture decoder loaded from GGUF, run on plain f32 buffers
+//! (faer products, the kernels of [`ops`]), with hooks into the residual
+//! stream; greedy generation caches keys and values. candle is used only to parse and dequantise the file.
 //!
 //! Written for this crate (not vendored): it follows the computation of
 //! llama.cpp and of candle-transformers' `quantized_llama.rs` (MIT/Apache-2.0),
@@ -29,7 +29,7 @@ use crate::ops;
 use faer::{MatMut, MatRef};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
-use sparse_core::linalg::{gemm_into, Op};
+use sparse_core::linalg::{exp_f32, gemm_into, Op};
 use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 
@@ -565,6 +565,19 @@ impl LanguageModel {
         out
     }
 
+    /// Next-token logits after the last token of one sequence (`vocab_size`
+    /// values): the forward pass over `tokens`, but the unembedding of the
+    /// last position only (at every position it would cost a quarter of the
+    /// pass again for a 300-token prompt).
+    pub fn last_logits(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        if tokens.is_empty() {
+            return Err(LmError::invalid("tokens", "at least one token is needed"));
+        }
+        let d = self.info.d_model;
+        let (h, _) = self.run((tokens, 1, tokens.len()), self.info.n_layers, &[], None)?;
+        Ok(self.logits_of(&self.final_normed(&h[h.len() - d..])))
+    }
+
     /// Next-token logits at every position: row-major `(batch·seq) × vocab_size`.
     /// Large (`batch·seq·vocab` floats); prefer [`token_nll`](Self::token_nll) for losses.
     pub fn logits(&self, tokens: &[u32], batch: usize, seq: usize) -> Result<Vec<f32>> {
@@ -637,8 +650,8 @@ impl LanguageModel {
 
     /// Greedy decoding: appends up to `max_new` argmax tokens to `prompt` and
     /// returns only the new ones, stopping after the end-of-sequence token
-    /// (which is not returned). Recomputes the whole prefix per token (no KV
-    /// cache): meant for checks and demos, not throughput.
+    /// (which is not returned). Keys and values are cached, so each new token
+    /// costs one position's pass (the prompt is run once), not the whole prefix.
     pub fn generate_greedy(&self, prompt: &[u32], max_new: usize) -> Result<Vec<u32>> {
         if prompt.is_empty() {
             return Err(LmError::invalid("prompt", "at least one token is needed"));
@@ -653,12 +666,17 @@ impl LanguageModel {
                 ),
             ));
         }
-        let d = self.info.d_model;
-        let mut seq = prompt.to_vec();
+        self.check_tokens(prompt, 1, prompt.len())?;
         let mut new = Vec::with_capacity(max_new);
-        for _ in 0..max_new {
-            let (h, _) = self.run((&seq, 1, seq.len()), self.info.n_layers, &[], None)?;
-            let logits = self.logits_of(&self.final_normed(&h[h.len() - d..]));
+        if max_new == 0 {
+            return Ok(new);
+        }
+        let capacity = prompt.len() + max_new;
+        let (cos, sin) = rope_tables(capacity, self.info.head_dim, self.info.rope_freq_base);
+        let mut cache = KvCache::new(&self.info, capacity);
+        let mut last = self.extend_cached(prompt, &mut cache, (&cos, &sin));
+        loop {
+            let logits = self.logits_of(&self.final_normed(&last));
             // The first maximum, as an argmax conventionally returns.
             let next = logits
                 .iter()
@@ -674,10 +692,117 @@ impl LanguageModel {
             if Some(next) == self.info.eos_token_id {
                 break;
             }
-            seq.push(next);
             new.push(next);
+            if new.len() == max_new {
+                break;
+            }
+            last = self.extend_cached(&[next], &mut cache, (&cos, &sin));
         }
         Ok(new)
+    }
+
+    /// Runs `tokens` at positions `cache.len ..` of one sequence through every
+    /// block, attending to the cached positions before them, appends their keys
+    /// and values to `cache`, and returns the residual stream of the last one
+    /// (`d_model` values). `rope` holds the tables of every position up to the
+    /// cache's capacity. The first call (an empty cache) uses the same batched
+    /// causal attention as [`Self::run`]; later ones score each new query
+    /// against the cached keys directly.
+    fn extend_cached(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        rope: (&[f32], &[f32]),
+    ) -> Vec<f32> {
+        let info = &self.info;
+        let (d, nh, nkv, hd) = (info.d_model, info.n_heads, info.n_kv_heads, info.head_dim);
+        let (n, p, cap) = (tokens.len(), cache.len, cache.capacity);
+        let (width, rep, half) = ((nh + 2 * nkv) * hd, nh / nkv, hd / 2);
+        let eps = info.rms_norm_eps as f32;
+        let rope = (&rope.0[p * half..], &rope.1[p * half..]);
+        let mut h = Vec::with_capacity(n * d);
+        for &t in tokens {
+            h.extend_from_slice(&self.embed[t as usize * d..][..d]);
+        }
+        let mut s = Scratch::new(info, 1, n);
+        let mut sub = vec![0f32; n * d];
+        let mut scores = vec![0f32; p + n];
+        for (l, blk) in self.blocks.iter().enumerate() {
+            ops::rms_norm(&h, &blk.attn_norm, eps, &mut s.x);
+            ops::matmul_wt(&s.x, n, &blk.w_qkv, width, &mut s.qkv);
+            ops::split_heads(&s.qkv, width, hd, 0, Some(rope), &mut s.q);
+            ops::split_heads(&s.qkv, width, hd, nh, Some(rope), &mut s.k);
+            ops::split_heads(&s.qkv, width, hd, nh + nkv, None, &mut s.v);
+            let (kc, vc) = (&mut cache.k[l], &mut cache.v[l]);
+            for g in 0..nkv {
+                let at = (g * cap + p) * hd;
+                kc[at..at + n * hd].copy_from_slice(&s.k[g * n * hd..][..n * hd]);
+                vc[at..at + n * hd].copy_from_slice(&s.v[g * n * hd..][..n * hd]);
+            }
+            if p == 0 {
+                ops::causal_attention(
+                    (&s.q, &s.k, &s.v),
+                    (n, hd, rep),
+                    &mut s.scores,
+                    &mut s.y,
+                    &mut s.att,
+                );
+            } else {
+                for head in 0..nh {
+                    let g = head / rep;
+                    let keys = &kc[g * cap * hd..][..(p + n) * hd];
+                    let values = &vc[g * cap * hd..][..(p + n) * hd];
+                    for t in 0..n {
+                        let q = &s.q[(head * n + t) * hd..][..hd];
+                        let live = &mut scores[..p + t + 1];
+                        for (sc, k) in live.iter_mut().zip(keys.chunks_exact(hd)) {
+                            *sc = q.iter().zip(k).map(|(a, b)| a * b).sum();
+                        }
+                        let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        let mut sum = 0f32;
+                        for v in live.iter_mut() {
+                            *v = exp_f32(*v - max);
+                            sum += *v;
+                        }
+                        let out = &mut s.att[(t * nh + head) * hd..][..hd];
+                        out.fill(0.0);
+                        for (&w, v) in live.iter().zip(values.chunks_exact(hd)) {
+                            let w = w / sum;
+                            out.iter_mut().zip(v).for_each(|(o, x)| *o += w * x);
+                        }
+                    }
+                }
+            }
+            ops::matmul_wt(&s.att, n, &blk.wo, d, &mut sub);
+            add_assign(&mut h, &sub);
+            self.mlp(blk, &mut s, &h, &mut sub);
+            add_assign(&mut h, &sub);
+        }
+        cache.len += n;
+        h.split_off((n - 1) * d)
+    }
+}
+
+/// Keys (rotated) and values of every layer for the positions decoded so far:
+/// per layer, head-major `(n_kv_heads, capacity, head_dim)`.
+struct KvCache {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    /// Positions the buffers hold.
+    capacity: usize,
+    /// Positions filled.
+    len: usize,
+}
+
+impl KvCache {
+    fn new(info: &ModelInfo, capacity: usize) -> Self {
+        let size = info.n_kv_heads * capacity * info.head_dim;
+        KvCache {
+            k: vec![vec![0.0; size]; info.n_layers],
+            v: vec![vec![0.0; size]; info.n_layers],
+            capacity,
+            len: 0,
+        }
     }
 }
 

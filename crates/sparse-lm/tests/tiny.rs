@@ -256,10 +256,41 @@ fn greedy_generation_is_argmax_of_logits() {
     for &next in &out {
         let logits = m.logits(&seq, 1, seq.len()).unwrap();
         let last = &logits[(seq.len() - 1) * v..];
+        let only_last = m.last_logits(&seq).unwrap();
+        let worst = last
+            .iter()
+            .zip(&only_last)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            worst <= 1e-5,
+            "last_logits differs from logits' last row by {worst}"
+        );
         let argmax = (0..v).max_by(|&a, &b| last[a].total_cmp(&last[b])).unwrap() as u32;
         assert_eq!(next, argmax);
         seq.push(next);
     }
+    assert!(
+        m.last_logits(&[]).is_err(),
+        "an empty sequence must be refused"
+    );
+    // A long generation (many cached steps) still follows the uncached argmax.
+    let ctx = m.info().context_length;
+    let short = tokens(3, v, 11);
+    let out = m.generate_greedy(&short, ctx - 3).unwrap();
+    assert!(
+        out.len() > 8,
+        "the test needs many cached steps: {} tokens",
+        out.len()
+    );
+    let mut seq = short.clone();
+    for &next in &out {
+        let last = m.last_logits(&seq).unwrap();
+        let argmax = (0..v).max_by(|&a, &b| last[a].total_cmp(&last[b])).unwrap() as u32;
+        assert_eq!(next, argmax, "step {}", seq.len());
+        seq.push(next);
+    }
+    assert!(m.generate_greedy(&short, 0).unwrap().is_empty());
     assert!(
         m.generate_greedy(&prompt, 60).is_err(),
         "exceeding the context must be refused"

@@ -22,6 +22,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
+use sparse_core::metrics::bootstrap::MeanCi;
 use sparse_core::Matrix;
 
 /// Codes of many tokens, stored sparsely (encoders fire on few latents).
@@ -188,6 +189,39 @@ pub struct ProbeResult {
     pub test_accuracy: f64,
 }
 
+/// The standard normal's 97.5th percentile (two-sided 95 % intervals).
+const Z95: f64 = 1.959_963_984_540_054;
+
+/// Mean test accuracy over `results` (one per task, same `k`) with a 95 %
+/// interval for the test-sample noise: each task's accuracy is a binomial
+/// proportion over its `test_tokens`, so the mean of `T` tasks has variance
+/// `Σ p_t(1 − p_t)/n_t / T²` (normal approximation; the train sample and the
+/// latent selection are held fixed). `n` of the result counts tasks.
+pub fn mean_accuracy_ci95(results: &[&ProbeResult]) -> MeanCi {
+    let t = results.len();
+    if t == 0 {
+        return MeanCi {
+            n: 0,
+            mean: f64::NAN,
+            lo: f64::NAN,
+            hi: f64::NAN,
+        };
+    }
+    let mean = results.iter().map(|r| r.test_accuracy).sum::<f64>() / t as f64;
+    let var = results
+        .iter()
+        .map(|r| r.test_accuracy * (1.0 - r.test_accuracy) / r.test_tokens.max(1) as f64)
+        .sum::<f64>()
+        / (t * t) as f64;
+    let half = Z95 * var.sqrt();
+    MeanCi {
+        n: t,
+        mean,
+        lo: mean - half,
+        hi: mean + half,
+    }
+}
+
 /// Settings of [`probe_tasks`].
 #[derive(Clone, Debug)]
 pub struct ProbeOptions {
@@ -249,6 +283,33 @@ pub fn probe_tasks(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accuracy_interval_is_the_binomial_normal_approximation() {
+        let r = |test_accuracy: f64, test_tokens: usize| ProbeResult {
+            task: Coarse::Noun,
+            k: 1,
+            latents: vec![0],
+            train_tokens: 10,
+            train_accuracy: 1.0,
+            test_tokens,
+            test_accuracy,
+        };
+        // Mean 0.7; variance (0.8·0.2/100 + 0.6·0.4/200)/4 = 0.0007.
+        let (a, b) = (r(0.8, 100), r(0.6, 200));
+        let ci = mean_accuracy_ci95(&[&a, &b]);
+        let half = 1.959_963_984_540_054 * 0.0007f64.sqrt();
+        assert_eq!(ci.n, 2);
+        assert!((ci.mean - 0.7).abs() < 1e-12);
+        assert!((ci.lo - (0.7 - half)).abs() < 1e-12 && (ci.hi - (0.7 + half)).abs() < 1e-12);
+        // A perfect probe has no test-sample noise; no tasks, no interval.
+        let p = r(1.0, 50);
+        assert_eq!(
+            (mean_accuracy_ci95(&[&p]).lo, mean_accuracy_ci95(&[&p]).hi),
+            (1.0, 1.0)
+        );
+        assert!(mean_accuracy_ci95(&[]).mean.is_nan());
+    }
 
     #[test]
     fn balanced_sets_are_balanced_and_draw_from_every_other_class() {

@@ -145,6 +145,10 @@ impl Drawing for LineChart<'_> {
                             s.points.iter().map(|&p| Circle::new(p, 5, color.filled())),
                         )?
                     } else {
+                        // Small dots on the vertices: each is a measured run.
+                        chart.draw_series(
+                            s.points.iter().map(|&p| Circle::new(p, 3, color.filled())),
+                        )?;
                         chart.draw_series(LineSeries::new(
                             s.points.iter().copied(),
                             color.stroke_width(2),
