@@ -47,25 +47,7 @@ fn setup(root: &Path) -> (PathBuf, PathBuf, PathBuf) {
     write_tiny_llama_gguf(&gguf, &TinyLlamaConfig::default()).unwrap();
     brown_corpus(&root.join("brown"));
     let store = root.join("store");
-    ok_json(&[
-        "harvest",
-        "--model",
-        &s(&gguf),
-        "--text",
-        &s(&root.join("brown")),
-        "--layer",
-        "1",
-        "--context",
-        "16",
-        "--first-position",
-        "1",
-        "--tokens",
-        "1000000",
-        "--batch",
-        "8",
-        "--out",
-        &s(&store),
-    ]);
+    common::harvest_tiny(&gguf, &root.join("brown"), &store);
     let cfg = root.join("lm.toml");
     std::fs::write(
         &cfg,

@@ -200,12 +200,7 @@ const Z95: f64 = 1.959_963_984_540_054;
 pub fn mean_accuracy_ci95(results: &[&ProbeResult]) -> MeanCi {
     let t = results.len();
     if t == 0 {
-        return MeanCi {
-            n: 0,
-            mean: f64::NAN,
-            lo: f64::NAN,
-            hi: f64::NAN,
-        };
+        return MeanCi::empty();
     }
     let mean = results.iter().map(|r| r.test_accuracy).sum::<f64>() / t as f64;
     let var = results

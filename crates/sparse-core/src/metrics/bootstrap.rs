@@ -28,6 +28,18 @@ pub struct MeanCi {
     pub hi: f64,
 }
 
+impl MeanCi {
+    /// The mean of no values: `n` 0, everything else NaN.
+    pub fn empty() -> Self {
+        MeanCi {
+            n: 0,
+            mean: f64::NAN,
+            lo: f64::NAN,
+            hi: f64::NAN,
+        }
+    }
+}
+
 /// Mean of `values` (NaNs dropped) and its percentile bootstrap interval at
 /// `level` (e.g. 0.95) from `resamples` seeded resamples with replacement.
 /// Percentiles use the nearest-rank rule on the sorted resampled means.
@@ -35,12 +47,7 @@ pub fn bootstrap_mean_ci(values: &[f64], level: f64, resamples: usize, seed: u64
     let v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
     let n = v.len();
     if n == 0 {
-        return MeanCi {
-            n: 0,
-            mean: f64::NAN,
-            lo: f64::NAN,
-            hi: f64::NAN,
-        };
+        return MeanCi::empty();
     }
     let mean = v.iter().sum::<f64>() / n as f64;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);

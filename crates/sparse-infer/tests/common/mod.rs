@@ -110,12 +110,19 @@ pub fn tiny_lm_store(root: &Path) -> (PathBuf, PathBuf) {
         std::fs::write(text.join(format!("d{doc:02}.txt")), body.join(" ")).unwrap();
     }
     let store = root.join("store");
+    harvest_tiny(&gguf, &text, &store);
+    (gguf, store)
+}
+
+/// Harvests all of `text` with the tiny GGUF `gguf` at blocks.1.hook_resid_post
+/// into `store`: 16-token contexts from position 1, 32 contexts per shard.
+pub fn harvest_tiny(gguf: &Path, text: &Path, store: &Path) {
     ok_json(&[
         "harvest",
         "--model",
-        &s(&gguf),
+        &s(gguf),
         "--text",
-        &s(&text),
+        &s(text),
         "--layer",
         "1",
         "--hook",
@@ -131,7 +138,6 @@ pub fn tiny_lm_store(root: &Path) -> (PathBuf, PathBuf) {
         "--shard-contexts",
         "32",
         "--out",
-        &s(&store),
+        &s(store),
     ]);
-    (gguf, store)
 }
