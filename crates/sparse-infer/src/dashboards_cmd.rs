@@ -3,11 +3,11 @@
 //! The numerics are in `sparse-features`; this file parses, resolves files
 //! and writes.
 
-use crate::lm_eval::SplitArg;
+use crate::lm_eval::{FractionsArg, SplitArg};
 use anyhow::{anyhow, bail, Context, Result};
 use sparse_eval::compare::{matched_fista, require_sae};
 use sparse_eval::heldout::contexts_for_tokens;
-use sparse_eval::{context_data, resolve_lm, resolve_splits, split_contexts, Method};
+use sparse_eval::{context_data, resolve_lm, split_contexts, Method};
 use sparse_features::export::{write_delphi_cache, write_neuronpedia};
 use sparse_features::site::{write_site, SiteMeta};
 use sparse_features::{
@@ -69,9 +69,8 @@ pub struct BuildArgs {
     /// Language model (tokenizer and unembedding; default: the fetched asset when its sha256 is the store's).
     #[arg(long)]
     lm: Option<PathBuf>,
-    /// Held-out fractions `VALIDATION,TEST` (default: those the checkpoint was trained with).
-    #[arg(long, value_delimiter = ',', num_args = 1..=2)]
-    fractions: Option<Vec<f64>>,
+    #[command(flatten)]
+    fractions: FractionsArg,
     /// Skip the exports (Neuronpedia JSON, delphi cache) under OUT/exports.
     #[arg(long)]
     no_exports: bool,
@@ -169,7 +168,7 @@ fn build(a: &BuildArgs, out: &Path) -> Result<serde_json::Value> {
     let logits = logit_effects(ckpt.model.dictionary(), &latents, &w_u, 10, &mut text)?;
     drop(w_u);
 
-    let splits = resolve_splits(&ckpt, a.fractions.as_deref())?;
+    let splits = a.fractions.splits(&ckpt)?;
     let split: Split = a.split.into();
     let opts = ScanOptions {
         split,

@@ -3,6 +3,7 @@
 //! on one dictionary; the conventions are in that crate's doc).
 
 use anyhow::{bail, Context, Result};
+use sparse_core::checkpoint::Checkpoint;
 use sparse_eval::{resolve_lm, resolve_splits, CompareOptions};
 use sparse_store::{ActivationStore, Split, Splits};
 use sparse_train::EvalOptions;
@@ -44,9 +45,8 @@ pub struct CompareArgs {
     /// Also write the table as Markdown here.
     #[arg(long)]
     markdown: Option<PathBuf>,
-    /// Held-out fractions `VALIDATION,TEST` (default: those the checkpoint was trained with, else 0.05,0.05).
-    #[arg(long, value_delimiter = ',', num_args = 1..=2)]
-    fractions: Option<Vec<f64>>,
+    #[command(flatten)]
+    fractions: FractionsArg,
 }
 
 /// `compare-encoders`: prints one JSON object (and writes `--markdown`).
@@ -58,7 +58,7 @@ pub fn compare_encoders(a: CompareArgs) -> Result<()> {
     let lm = resolve_lm(&store, a.lm.as_deref())?;
     let opts = CompareOptions {
         split: a.split.into(),
-        splits: resolve_splits(&ckpt, a.fractions.as_deref())?,
+        splits: a.fractions.splits(&ckpt)?,
         tokens: a.tokens,
         validation_tokens: a.validation_tokens,
         fista_iters: a.fista_iters,
@@ -121,9 +121,8 @@ pub struct EvaluateArgs {
     /// Evaluate at most this many tokens.
     #[arg(long)]
     max_tokens: Option<u64>,
-    /// Held-out fractions `VALIDATION,TEST` (default: those the checkpoint was trained with, else 0.05,0.05).
-    #[arg(long, value_delimiter = ',', num_args = 1..=2)]
-    fractions: Option<Vec<f64>>,
+    #[command(flatten)]
+    fractions: FractionsArg,
     /// Language model for the downstream loss (default: the fetched asset, when its sha256 is the store's; a file with another sha256 is an error).
     #[arg(long)]
     lm: Option<PathBuf>,
@@ -133,6 +132,29 @@ pub struct EvaluateArgs {
     /// Contexts per language-model forward pass.
     #[arg(long, default_value_t = 8)]
     lm_batch: usize,
+}
+
+/// `--fractions`, shared by every command that reads a store's held-out splits.
+#[derive(clap::Args, Debug)]
+pub struct FractionsArg {
+    /// Held-out fractions `VALIDATION,TEST` (default: those the checkpoint was trained with, else 0.05,0.05).
+    #[arg(long, value_delimiter = ',', num_args = 1..=2)]
+    fractions: Option<Vec<f64>>,
+}
+
+impl FractionsArg {
+    /// The splits: these fractions, else the checkpoint's (else 0.05 / 0.05).
+    pub fn splits(&self, ckpt: &Checkpoint) -> Result<Splits> {
+        resolve_splits(ckpt, self.fractions.as_deref())
+    }
+
+    /// The splits when `--fractions` was given, `None` when it was not.
+    pub fn given(&self, ckpt: &Checkpoint) -> Result<Option<Splits>> {
+        self.fractions
+            .as_ref()
+            .map(|_| self.splits(ckpt))
+            .transpose()
+    }
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -161,10 +183,7 @@ pub fn evaluate(a: EvaluateArgs) -> Result<()> {
         .with_context(|| format!("loading the checkpoint {}", a.model.display()))?;
     let store = ActivationStore::open(&a.store)
         .with_context(|| format!("opening the store {}", a.store.display()))?;
-    let splits = match a.fractions.as_deref() {
-        Some([v, t]) => Some(Splits::new(*v, *t)?),
-        _ => None,
-    };
+    let splits = a.fractions.given(&ckpt)?;
     let split: Split = a.split.into();
     let lm = if a.contexts > 0 {
         resolve_lm(&store, a.lm.as_deref())?
@@ -181,7 +200,7 @@ pub fn evaluate(a: EvaluateArgs) -> Result<()> {
         .with_context(|| format!("evaluating {} on {}", a.model.display(), a.store.display()))?;
     let mut downstream_contexts = 0;
     if let Some(lm) = &lm {
-        let splits = resolve_splits(&ckpt, a.fractions.as_deref())?;
+        let splits = a.fractions.splits(&ckpt)?;
         let (d, n) = sparse_eval::downstream::evaluate_downstream(
             &ckpt, &store, lm, &splits, split, a.contexts, a.lm_batch,
         )

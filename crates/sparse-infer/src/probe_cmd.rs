@@ -1,12 +1,13 @@
 //! `sparse-infer probe`: k-sparse POS probing and monosemanticity of encoders
 //! on a Brown activation store (numerics in `sparse-probe`).
 
+use crate::lm_eval::FractionsArg;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use sparse_core::encoders::fista::{Fista, FistaConfig};
 use sparse_core::metrics::bootstrap::{bootstrap_mean_ci, MeanCi};
 use sparse_eval::compare::{fista_lambda_for_l0, Method};
-use sparse_eval::heldout::{context_data, contexts_for_tokens, resolve_splits, split_contexts};
+use sparse_eval::heldout::{context_data, contexts_for_tokens, split_contexts};
 use sparse_probe::mono::{monosemanticity, Monosemanticity};
 use sparse_probe::pos::Coarse;
 use sparse_probe::probe::{mean_accuracy_ci95, probe_tasks, ProbeOptions, ProbeResult};
@@ -51,9 +52,8 @@ pub struct ProbeArgs {
     /// GGUF file whose tokenizer made the store (default: the fetched SmolLM2).
     #[arg(long)]
     lm: Option<PathBuf>,
-    /// Held-out fractions `VALIDATION,TEST` (default: the checkpoint's, else 0.05,0.05).
-    #[arg(long, value_delimiter = ',', num_args = 1..=2)]
-    fractions: Option<Vec<f64>>,
+    #[command(flatten)]
+    fractions: FractionsArg,
     /// Validation tokens for matching FISTA's L0 to the encoder's.
     #[arg(long, default_value_t = 1024)]
     validation_tokens: u64,
@@ -92,7 +92,7 @@ pub fn probe(a: ProbeArgs) -> Result<()> {
                 store.d_model()
             );
         }
-        let splits = resolve_splits(&ckpt, a.fractions.as_deref())?;
+        let splits = a.fractions.splits(&ckpt)?;
         let train = split_contexts(
             &store,
             &splits,
