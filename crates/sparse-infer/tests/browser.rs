@@ -15,7 +15,7 @@ use common::{bin, fails_with, ok_json, s};
 use serde_json::Value;
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -133,36 +133,6 @@ fn html_escape(t: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// A TopK SAE (64 latents, k 6) trained on the tiny store; returns its folder.
-fn train(root: &Path) -> PathBuf {
-    let cfg = root.join("lm.toml");
-    std::fs::write(
-        &cfg,
-        r#"
-store = "store"
-out = "run"
-steps = 300
-train_batch_size_tokens = 64
-checkpoint_every = 300
-log_every = 100
-shuffle_buffer_rows = 512
-norm_estimation_rows = 512
-validation = 0.25
-test = 0.25
-
-[[model]]
-name = "topk"
-architecture = "topk"
-d_sae = 64
-k = 6
-lr = 3e-3
-"#,
-    )
-    .unwrap();
-    ok_json(&["train", "--config", &s(&cfg)]);
-    root.join("run/topk")
-}
-
 /// The SAE's codes of every test-split context of the store, encoded in one
 /// batch: `(context, codes rows × N)` in store order.
 fn brute_force_codes(ckpt_dir: &Path, store_dir: &Path) -> (Vec<(u64, Vec<f32>)>, usize) {
@@ -190,7 +160,7 @@ fn dashboards_site_in_a_headless_browser_exports_and_errors() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let (gguf, store) = common::tiny_lm_store(root);
-    let sae = train(root);
+    let sae = common::train_tiny_topk(root, 6);
     let site = root.join("site");
     let summary = ok_json(&[
         "dashboards",

@@ -48,32 +48,8 @@ fn setup(root: &Path) -> (PathBuf, PathBuf, PathBuf) {
     brown_corpus(&root.join("brown"));
     let store = root.join("store");
     common::harvest_tiny(&gguf, &root.join("brown"), &store);
-    let cfg = root.join("lm.toml");
-    std::fs::write(
-        &cfg,
-        r#"
-store = "store"
-out = "run"
-steps = 300
-train_batch_size_tokens = 64
-checkpoint_every = 300
-log_every = 100
-shuffle_buffer_rows = 512
-norm_estimation_rows = 512
-validation = 0.25
-test = 0.25
-
-[[model]]
-name = "topk"
-architecture = "topk"
-d_sae = 64
-k = 4
-lr = 3e-3
-"#,
-    )
-    .unwrap();
-    ok_json(&["train", "--config", &s(&cfg)]);
-    (gguf, store, root.join("run").join("topk"))
+    let topk = common::train_tiny_topk(root, 4);
+    (gguf, store, topk)
 }
 
 fn num(v: &Value) -> f64 {

@@ -141,3 +141,37 @@ pub fn harvest_tiny(gguf: &Path, text: &Path, store: &Path) {
         &s(store),
     ]);
 }
+
+/// A TopK SAE (64 latents, `k` active) trained by `train --config` on
+/// `root/store` for 300 steps of 64 tokens, a quarter of the documents each
+/// for validation and test; returns its checkpoint folder `root/run/topk`.
+pub fn train_tiny_topk(root: &Path, k: usize) -> PathBuf {
+    let cfg = root.join("lm.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+store = "store"
+out = "run"
+steps = 300
+train_batch_size_tokens = 64
+checkpoint_every = 300
+log_every = 100
+shuffle_buffer_rows = 512
+norm_estimation_rows = 512
+validation = 0.25
+test = 0.25
+
+[[model]]
+name = "topk"
+architecture = "topk"
+d_sae = 64
+k = {k}
+lr = 3e-3
+"#
+        ),
+    )
+    .unwrap();
+    ok_json(&["train", "--config", &s(&cfg)]);
+    root.join("run").join("topk")
+}
