@@ -419,68 +419,34 @@ fn run_seed(
         seed: data_config.seed,
         progress,
     };
-    let mut runs = Vec::new();
-
-    let (sae_run, sae) = ctx.sae(false)?;
+    // The amortised encoders and the per-sample solvers are independent
+    // until SAE + ITO: run them side by side (each is deterministic, so the
+    // numbers do not depend on the thread count).
+    let ((sae, mlp_runs), per_sample) = rayon::join(
+        || {
+            rayon::join(
+                || ctx.sae(false),
+                || {
+                    (config.mlp_widths.iter())
+                        .map(|&hidden| ctx.mlp(hidden, false))
+                        .collect::<anyhow::Result<Vec<_>>>()
+                },
+            )
+        },
+        || ctx.per_sample_runs(),
+    );
+    let (sae_run, sae) = sae?;
+    let PerSampleRuns {
+        runs: per_sample_runs,
+        lambda_star,
+        fista,
+        exp_adam,
+        exp_hyper,
+    } = per_sample?;
     let sae_train_flops = sae_run.train_flops;
-    runs.push(sae_run);
-    for &hidden in &config.mlp_widths {
-        runs.push(ctx.mlp(hidden, false)?);
-    }
-
-    // FISTA: choose λ on validation, then trace the test curve.
-    let mut best = (f64::NEG_INFINITY, config.fista_lambdas[0]);
-    for &lambda in &config.fista_lambdas {
-        let enc = Fista::new(config.fista_config(lambda, true))?
-            .encode(&ctx.data.val.x, &ctx.data.dictionary)?;
-        let mcc = code_mcc(&ctx.data.val.z, &enc.codes)?;
-        if mcc > best.0 {
-            best = (mcc, lambda);
-        }
-    }
-    let lambda_star = best.1;
-    let fista = Fista::new(config.fista_config(lambda_star, true))?;
-    let ista = Fista::new(config.fista_config(lambda_star, false))?;
-    runs.push(ctx.per_sample_iterative("fista", &fista, lambda_hyper("lambda", lambda_star))?);
-    runs.push(ctx.per_sample_iterative("ista", &ista, lambda_hyper("lambda", lambda_star))?);
-
-    let exp_adam = ExpAdam::new(ExpAdamConfig {
-        lambda: config.lambda,
-        lr: config.exp_adam_lr,
-        max_iter: config.exp_adam_iter,
-        ..ExpAdamConfig::default()
-    })?;
-    let mut exp_hyper = lambda_hyper("lambda", config.lambda);
-    exp_hyper.insert("lr".into(), f64_of(config.exp_adam_lr));
-    runs.push(ctx.per_sample_iterative("exp-adam", &exp_adam, exp_hyper.clone())?);
-
-    // OMP and MP: choose k on validation.
-    for (name, make) in [
-        (
-            "omp",
-            &(|k| Ok(Box::new(Omp::new(k, None, false)?) as Box<dyn Encoder>))
-                as &dyn Fn(usize) -> anyhow::Result<Box<dyn Encoder>>,
-        ),
-        ("mp", &|k| {
-            Ok(Box::new(MatchingPursuit::new(k, false)?) as Box<dyn Encoder>)
-        }),
-    ] {
-        let mut best = (f64::NEG_INFINITY, config.pursuit_ks[0]);
-        for &k in config.pursuit_ks.iter().filter(|&&k| k <= config.n_latents) {
-            let enc = make(k)?.encode(&ctx.data.val.x, &ctx.data.dictionary)?;
-            let mcc = code_mcc(&ctx.data.val.z, &enc.codes)?;
-            if mcc > best.0 {
-                best = (mcc, k);
-            }
-        }
-        let encoder = make(best.1)?;
-        runs.push(ctx.single_pass(
-            name,
-            encoder.as_ref(),
-            0.0,
-            lambda_hyper("k", best.1 as f32),
-        )?);
-    }
+    let mut runs = vec![sae_run];
+    runs.extend(mlp_runs?);
+    runs.extend(per_sample_runs);
 
     // SAE + ITO, warm-started from the trained SAE's codes.
     for (name, solver, mut hyper) in [
@@ -506,6 +472,92 @@ fn run_seed(
         runs.push(run);
     }
     Ok(runs)
+}
+
+/// What the per-sample solvers of one seed leave for SAE + ITO.
+struct PerSampleRuns {
+    runs: Vec<MethodRun>,
+    lambda_star: f32,
+    fista: Fista,
+    exp_adam: ExpAdam,
+    exp_hyper: BTreeMap<String, f64>,
+}
+
+impl SeedContext<'_> {
+    /// FISTA and ISTA (λ chosen on validation), exp-Adam, OMP and MP (k
+    /// chosen on validation), in that order.
+    fn per_sample_runs(&self) -> anyhow::Result<PerSampleRuns> {
+        let mut runs = Vec::new();
+        // FISTA: choose λ on validation, then trace the test curve.
+        let mut best = (f64::NEG_INFINITY, self.config.fista_lambdas[0]);
+        for &lambda in &self.config.fista_lambdas {
+            let enc = Fista::new(self.config.fista_config(lambda, true))?
+                .encode(&self.data.val.x, &self.data.dictionary)?;
+            let mcc = code_mcc(&self.data.val.z, &enc.codes)?;
+            if mcc > best.0 {
+                best = (mcc, lambda);
+            }
+        }
+        let lambda_star = best.1;
+        let fista = Fista::new(self.config.fista_config(lambda_star, true))?;
+        let ista = Fista::new(self.config.fista_config(lambda_star, false))?;
+        runs.push(self.per_sample_iterative(
+            "fista",
+            &fista,
+            lambda_hyper("lambda", lambda_star),
+        )?);
+        runs.push(self.per_sample_iterative("ista", &ista, lambda_hyper("lambda", lambda_star))?);
+
+        let exp_adam = ExpAdam::new(ExpAdamConfig {
+            lambda: self.config.lambda,
+            lr: self.config.exp_adam_lr,
+            max_iter: self.config.exp_adam_iter,
+            ..ExpAdamConfig::default()
+        })?;
+        let mut exp_hyper = lambda_hyper("lambda", self.config.lambda);
+        exp_hyper.insert("lr".into(), f64_of(self.config.exp_adam_lr));
+        runs.push(self.per_sample_iterative("exp-adam", &exp_adam, exp_hyper.clone())?);
+
+        // OMP and MP: choose k on validation.
+        for (name, make) in [
+            (
+                "omp",
+                &(|k| Ok(Box::new(Omp::new(k, None, false)?) as Box<dyn Encoder>))
+                    as &dyn Fn(usize) -> anyhow::Result<Box<dyn Encoder>>,
+            ),
+            ("mp", &|k| {
+                Ok(Box::new(MatchingPursuit::new(k, false)?) as Box<dyn Encoder>)
+            }),
+        ] {
+            let mut best = (f64::NEG_INFINITY, self.config.pursuit_ks[0]);
+            for &k in self
+                .config
+                .pursuit_ks
+                .iter()
+                .filter(|&&k| k <= self.config.n_latents)
+            {
+                let enc = make(k)?.encode(&self.data.val.x, &self.data.dictionary)?;
+                let mcc = code_mcc(&self.data.val.z, &enc.codes)?;
+                if mcc > best.0 {
+                    best = (mcc, k);
+                }
+            }
+            let encoder = make(best.1)?;
+            runs.push(self.single_pass(
+                name,
+                encoder.as_ref(),
+                0.0,
+                lambda_hyper("k", best.1 as f32),
+            )?);
+        }
+        Ok(PerSampleRuns {
+            runs,
+            lambda_star,
+            fista,
+            exp_adam,
+            exp_hyper,
+        })
+    }
 }
 
 fn lambda_hyper(name: &str, value: f32) -> BTreeMap<String, f64> {

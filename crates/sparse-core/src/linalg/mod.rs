@@ -1,6 +1,9 @@
 //! Dense products over [`Matrix`] through faer, with sequential execution for
-//! small products (thread dispatch costs ~15 µs, far more than a tiny GEMM),
-//! and the few decompositions the solvers need.
+//! small products (thread dispatch costs ~15 µs, far more than a tiny GEMM)
+//! and a register-tiled kernel for small products with narrow outputs
+//! (`small`), and the few decompositions the solvers need.
+
+mod small;
 
 use crate::matrix::Matrix;
 use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef, Par};
@@ -36,9 +39,13 @@ pub fn par_for(macs: usize) -> Par {
 
 /// `dst = alpha · op(a) · op(b) + beta · dst` with `beta ∈ {0, 1}` (`accumulate`).
 ///
+/// Products below the parallel threshold with at most 64 output columns run
+/// in this crate's register-tiled kernel (the synthetic studies' shapes, where
+/// faer's packing and dispatch cost more than the arithmetic); the rest in faer.
+///
 /// Panics if shapes do not conform: callers validate user-facing shapes first.
 pub fn gemm_into(
-    dst: MatMut<'_, f32>,
+    mut dst: MatMut<'_, f32>,
     accumulate: bool,
     a: MatRef<'_, f32>,
     op_a: Op,
@@ -48,7 +55,20 @@ pub fn gemm_into(
 ) {
     let a = apply(a, op_a);
     let b = apply(b, op_b);
+    assert!(
+        a.ncols() == b.nrows() && dst.nrows() == a.nrows() && dst.ncols() == b.ncols(),
+        "gemm_into: ({}×{})·({}×{}) into {}×{}",
+        a.nrows(),
+        a.ncols(),
+        b.nrows(),
+        b.ncols(),
+        dst.nrows(),
+        dst.ncols()
+    );
     let macs = a.nrows() * a.ncols() * b.ncols();
+    if macs < PARALLEL_THRESHOLD_MACS && small::try_gemm(dst.as_mut(), accumulate, a, b, alpha) {
+        return;
+    }
     let accum = if accumulate {
         Accum::Add
     } else {

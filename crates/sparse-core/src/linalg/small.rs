@@ -1,0 +1,476 @@
+//! Products with a narrow output (at most [`MAX_COLS`] columns) and fewer
+//! multiply-adds than the parallel threshold: the shapes of the synthetic
+//! studies (1024 × 8 · 8 × 16, 8 × 1024 · 1024 × 16, …), where a general GEMM
+//! spends most of its time packing and dispatching (`docs/benchmarks.md`).
+//!
+//! Every output element is `Σ_k a[i,k]·b[k,j]` summed over `k` in order in
+//! one f32 register lane, so the result does not depend on how the output is
+//! tiled; it is computed with FMA where the CPU has it (runtime detection)
+//! and with a multiply and an add elsewhere.
+
+use faer::{MatMut, MatRef};
+use std::mem::MaybeUninit;
+
+/// Widest output (columns of `b`) this kernel takes.
+pub(super) const MAX_COLS: usize = 64;
+
+/// Largest `k × n` right operand copied into a contiguous stack buffer when
+/// its rows are not contiguous (`Dᵀ` views); 16 KiB, an L1 cache's worth.
+const PACK_CAPACITY: usize = 4096;
+
+/// Rows of `a` (and of the output) one tile holds in registers.
+const TILE_ROWS: usize = 4;
+
+/// A read-only strided operand.
+#[derive(Clone, Copy)]
+struct Strided {
+    ptr: *const f32,
+    row_stride: isize,
+    col_stride: isize,
+}
+
+/// `dst = alpha · a · b (+ dst when accumulate)` when the shapes suit this
+/// kernel (see [`applies`]); returns `false`, touching nothing, otherwise.
+pub(super) fn try_gemm(
+    dst: MatMut<'_, f32>,
+    accumulate: bool,
+    a: MatRef<'_, f32>,
+    b: MatRef<'_, f32>,
+    alpha: f32,
+) -> bool {
+    let (m, k, n) = (a.nrows(), a.ncols(), b.ncols());
+    if !applies(dst.col_stride(), b.col_stride(), k, n) {
+        return false;
+    }
+    debug_assert_eq!((b.nrows(), dst.nrows(), dst.ncols()), (k, m, n));
+    let a = Strided {
+        ptr: a.as_ptr(),
+        row_stride: a.row_stride(),
+        col_stride: a.col_stride(),
+    };
+    let mut packed = MaybeUninit::<[f32; PACK_CAPACITY]>::uninit();
+    let b = if b.col_stride() == 1 {
+        Strided {
+            ptr: b.as_ptr(),
+            row_stride: b.row_stride(),
+            col_stride: 1,
+        }
+    } else {
+        // Row-major copy: `applies` checked that `k·n` fits.
+        let buf = packed.as_mut_ptr() as *mut f32;
+        for kk in 0..k {
+            for j in 0..n {
+                // SAFETY: kk < k, j < n index inside `b`; kk·n + j < k·n ≤ capacity.
+                unsafe { buf.add(kk * n + j).write(*b.get_unchecked(kk, j)) };
+            }
+        }
+        Strided {
+            ptr: buf,
+            row_stride: n as isize,
+            col_stride: 1,
+        }
+    };
+    let out = Output {
+        ptr: dst.as_ptr_mut(),
+        row_stride: dst.row_stride(),
+        accumulate,
+        alpha,
+    };
+    // SAFETY: the pointers and strides describe `m × k`, `k × n` and `m × n`
+    // matrices that live for this call; `b` and `dst` have unit column stride.
+    unsafe { dispatch(m, k, n, a, b, out) };
+    true
+}
+
+/// Whether the kernel takes a product: unit column stride of the output,
+/// at most [`MAX_COLS`] output columns, and a right operand that is row-major
+/// already or small enough to pack.
+fn applies(dst_col_stride: isize, b_col_stride: isize, k: usize, n: usize) -> bool {
+    dst_col_stride == 1 && n <= MAX_COLS && (b_col_stride == 1 || k * n <= PACK_CAPACITY)
+}
+
+/// Where the result goes and how.
+#[derive(Clone, Copy)]
+struct Output {
+    ptr: *mut f32,
+    row_stride: isize,
+    accumulate: bool,
+    alpha: f32,
+}
+
+/// Runs the FMA build where the CPU has AVX2 and FMA, the portable one elsewhere.
+unsafe fn dispatch(m: usize, k: usize, n: usize, a: Strided, b: Strided, out: Output) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        return product_avx2_fma(m, k, n, a, b, out);
+    }
+    product::<false>(m, k, n, a, b, out)
+}
+
+/// The AVX2 build: tiles of 6 rows × 16 columns or 8 rows × 8 columns held
+/// in 12 or 8 ymm registers (enough independent FMA chains to hide the FMA
+/// latency), smaller tiles at the bottom edge, the last `n mod 8` columns
+/// through the portable tiles compiled with FMA. Written with intrinsics:
+/// the portable tile's array spills to the stack or narrows to xmm.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn product_avx2_fma(m: usize, k: usize, n: usize, a: Strided, b: Strided, out: Output) {
+    // Tall tiles only for tall products: a short one (∂W = Xᵀ·δ, 8 or 32
+    // rows) would leave rows for the slow one-row tiles.
+    let tall = m >= 48;
+    let mut j = 0;
+    while j + 16 <= n {
+        let mut i = 0;
+        while tall && i + 6 <= m {
+            tile_avx2::<6, 2>(i, j, k, a, b, out);
+            i += 6;
+        }
+        rows_avx2::<2>(i, m, j, k, a, b, out);
+        j += 16;
+    }
+    if j + 8 <= n {
+        let mut i = 0;
+        while tall && i + 8 <= m {
+            tile_avx2::<8, 1>(i, j, k, a, b, out);
+            i += 8;
+        }
+        rows_avx2::<1>(i, m, j, k, a, b, out);
+        j += 8;
+    }
+    if j < n {
+        for i in 0..m {
+            columns_from::<1, true>(i, j, k, n, a, b, out);
+        }
+    }
+}
+
+/// Rows `i0..m` of the `8·V` columns at `j`: tiles of 4 rows, then of 1.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rows_avx2<const V: usize>(
+    i0: usize,
+    m: usize,
+    j: usize,
+    k: usize,
+    a: Strided,
+    b: Strided,
+    out: Output,
+) {
+    let mut i = i0;
+    while i + 4 <= m {
+        tile_avx2::<4, V>(i, j, k, a, b, out);
+        i += 4;
+    }
+    while i < m {
+        tile_avx2::<1, V>(i, j, k, a, b, out);
+        i += 1;
+    }
+}
+
+/// `R` rows × `8·V` columns at `(i0, j0)`, accumulated over all of `k`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_avx2<const R: usize, const V: usize>(
+    i0: usize,
+    j0: usize,
+    k: usize,
+    a: Strided,
+    b: Strided,
+    out: Output,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm256_setzero_ps(); V]; R];
+    let mut a_col = a.ptr.offset(i0 as isize * a.row_stride);
+    let mut b_row = b.ptr.add(j0);
+    for _ in 0..k {
+        let b_k: [__m256; V] = std::array::from_fn(|v| _mm256_loadu_ps(b_row.add(8 * v)));
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let a_ik = _mm256_broadcast_ss(&*a_col.offset(r as isize * a.row_stride));
+            for (s, &b_kv) in acc_r.iter_mut().zip(&b_k) {
+                *s = _mm256_fmadd_ps(a_ik, b_kv, *s);
+            }
+        }
+        a_col = a_col.offset(a.col_stride);
+        b_row = b_row.offset(b.row_stride);
+    }
+    let alpha = _mm256_set1_ps(out.alpha);
+    for (r, acc_r) in acc.iter().enumerate() {
+        let dst = out
+            .ptr
+            .offset((i0 + r) as isize * out.row_stride + j0 as isize);
+        for (v, &s) in acc_r.iter().enumerate() {
+            let d = dst.add(8 * v);
+            let mut value = _mm256_mul_ps(alpha, s);
+            if out.accumulate {
+                value = _mm256_add_ps(value, _mm256_loadu_ps(d));
+            }
+            _mm256_storeu_ps(d, value);
+        }
+    }
+}
+
+/// The whole product, tile by tile: blocks of [`TILE_ROWS`] rows, then single
+/// rows; within them blocks of 16, then 8, then 1 column.
+#[inline(always)]
+unsafe fn product<const FMA: bool>(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: Strided,
+    b: Strided,
+    out: Output,
+) {
+    let mut i = 0;
+    while i + TILE_ROWS <= m {
+        row_block::<TILE_ROWS, FMA>(i, k, n, a, b, out);
+        i += TILE_ROWS;
+    }
+    while i < m {
+        row_block::<1, FMA>(i, k, n, a, b, out);
+        i += 1;
+    }
+}
+
+#[inline(always)]
+unsafe fn row_block<const R: usize, const FMA: bool>(
+    i0: usize,
+    k: usize,
+    n: usize,
+    a: Strided,
+    b: Strided,
+    out: Output,
+) {
+    columns_from::<R, FMA>(i0, 0, k, n, a, b, out)
+}
+
+/// The columns `j0..n` of the rows `i0..i0 + R`.
+#[inline(always)]
+unsafe fn columns_from<const R: usize, const FMA: bool>(
+    i0: usize,
+    j0: usize,
+    k: usize,
+    n: usize,
+    a: Strided,
+    b: Strided,
+    out: Output,
+) {
+    let mut j = j0;
+    while j + 16 <= n {
+        tile::<R, 16, FMA>(i0, j, k, a, b, out);
+        j += 16;
+    }
+    while j + 8 <= n {
+        tile::<R, 8, FMA>(i0, j, k, a, b, out);
+        j += 8;
+    }
+    while j < n {
+        tile::<R, 1, FMA>(i0, j, k, a, b, out);
+        j += 1;
+    }
+}
+
+/// `R × W` outputs at `(i0, j0)` in registers, accumulated over all of `k`.
+#[inline(always)]
+unsafe fn tile<const R: usize, const W: usize, const FMA: bool>(
+    i0: usize,
+    j0: usize,
+    k: usize,
+    a: Strided,
+    b: Strided,
+    out: Output,
+) {
+    let mut acc = [[0.0f32; W]; R];
+    for kk in 0..k {
+        let b_row = (b.ptr.offset(kk as isize * b.row_stride + j0 as isize) as *const [f32; W])
+            .read_unaligned();
+        for (r, acc_row) in acc.iter_mut().enumerate() {
+            let a_ik = *a
+                .ptr
+                .offset((i0 + r) as isize * a.row_stride + kk as isize * a.col_stride);
+            for (s, &b_kj) in acc_row.iter_mut().zip(&b_row) {
+                *s = if FMA {
+                    a_ik.mul_add(b_kj, *s)
+                } else {
+                    a_ik * b_kj + *s
+                };
+            }
+        }
+    }
+    for (r, acc_row) in acc.iter().enumerate() {
+        let dst = out
+            .ptr
+            .offset((i0 + r) as isize * out.row_stride + j0 as isize);
+        for (c, &s) in acc_row.iter().enumerate() {
+            let d = dst.add(c);
+            *d = if out.accumulate {
+                out.alpha * s + *d
+            } else {
+                out.alpha * s
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::matrix::Matrix;
+    use proptest::prelude::*;
+
+    /// `alpha·a·b (+ c)` in f64.
+    fn reference(a: &Matrix, b: &Matrix, c: Option<&Matrix>, alpha: f32) -> Vec<f64> {
+        let (m, k, n) = (a.rows(), a.cols(), b.cols());
+        let mut want = vec![0.0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let s: f64 = (0..k)
+                    .map(|kk| a.get(i, kk) as f64 * b.get(kk, j) as f64)
+                    .sum();
+                want[i * n + j] = alpha as f64 * s + c.map_or(0.0, |c| c.get(i, j) as f64);
+            }
+        }
+        want
+    }
+
+    fn filled(rows: usize, cols: usize, seed: u64) -> Matrix {
+        Matrix::from_fn(rows, cols, |i, j| {
+            let h = (i as u64 * 7919 + j as u64 * 104_729 + seed * 15_485_863) % 2003;
+            h as f32 / 1001.0 - 1.0
+        })
+    }
+
+    /// Runs one product through the kernel, with either operand stored
+    /// transposed, and checks it against the f64 reference.
+    fn check(m: usize, k: usize, n: usize, a_t: bool, b_t: bool, acc: bool, alpha: f32) {
+        let a = filled(m, k, 1);
+        let b = filled(k, n, 2);
+        let c0 = filled(m, n, 3);
+        let (a_store, b_store) = (a.transpose(), b.transpose());
+        let a_view = if a_t {
+            a_store.view().transpose()
+        } else {
+            a.view()
+        };
+        let b_view = if b_t {
+            b_store.view().transpose()
+        } else {
+            b.view()
+        };
+        let mut c = c0.clone();
+        let taken = try_gemm(c.view_mut(), acc, a_view, b_view, alpha);
+        assert_eq!(taken, applies(1, b_view.col_stride(), k, n));
+        if !taken {
+            return;
+        }
+        let want = reference(&a, &b, acc.then_some(&c0), alpha);
+        for (idx, (&got, &w)) in c.as_slice().iter().zip(&want).enumerate() {
+            let tol = 1e-5 * (k as f64 + 1.0) * (1.0 + w.abs());
+            assert!(
+                (got as f64 - w).abs() <= tol,
+                "{m}×{k}×{n} a_t={a_t} b_t={b_t} acc={acc} at {idx}: {got} vs {w}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_study_shapes_match_the_f64_reference() {
+        // Encode, decode, ∂Z = G·Dᵀ, ∂W = Xᵀ·δ at N = 16, M = 8, hidden 32.
+        for (m, k, n, a_t, b_t) in [
+            (1024, 8, 16, false, false),
+            (1024, 16, 8, false, false),
+            (1024, 8, 16, false, true),
+            (8, 1024, 16, true, false),
+            (32, 1024, 16, true, false),
+            (1024, 16, 32, false, true),
+        ] {
+            check(m, k, n, a_t, b_t, false, 1.0);
+            check(m, k, n, a_t, b_t, true, -0.5);
+        }
+    }
+
+    #[test]
+    fn wide_outputs_and_strided_outputs_are_left_to_faer() {
+        let a = filled(4, 3, 1);
+        let b = filled(3, MAX_COLS + 1, 2);
+        let mut c = Matrix::zeros(4, MAX_COLS + 1);
+        assert!(!try_gemm(c.view_mut(), false, a.view(), b.view(), 1.0));
+        assert!(c.as_slice().iter().all(|&v| v == 0.0));
+        let b = filled(3, 4, 2);
+        let mut ct = Matrix::zeros(4, 4);
+        assert!(!try_gemm(
+            ct.view_mut().transpose_mut(),
+            false,
+            a.view(),
+            b.view(),
+            1.0
+        ));
+        // A transposed right operand too large to pack.
+        let big = filled(MAX_COLS, PACK_CAPACITY / MAX_COLS + 1, 4);
+        let a = filled(2, PACK_CAPACITY / MAX_COLS + 1, 5);
+        let mut c = Matrix::zeros(2, MAX_COLS);
+        assert!(!try_gemm(
+            c.view_mut(),
+            false,
+            a.view(),
+            big.view().transpose(),
+            1.0
+        ));
+    }
+
+    #[test]
+    fn the_portable_build_agrees_with_the_dispatched_one_to_rounding() {
+        let (m, k, n) = (9, 37, 27);
+        let a = filled(m, k, 6);
+        let b = filled(k, n, 7);
+        let run = |fma: bool| {
+            let mut c = Matrix::zeros(m, n);
+            let out = Output {
+                ptr: c.view_mut().as_ptr_mut(),
+                row_stride: n as isize,
+                accumulate: false,
+                alpha: 1.0,
+            };
+            let sa = Strided {
+                ptr: a.view().as_ptr(),
+                row_stride: k as isize,
+                col_stride: 1,
+            };
+            let sb = Strided {
+                ptr: b.view().as_ptr(),
+                row_stride: n as isize,
+                col_stride: 1,
+            };
+            // SAFETY: the strides describe `a`, `b` and `c` exactly.
+            unsafe {
+                if fma {
+                    dispatch(m, k, n, sa, sb, out)
+                } else {
+                    product::<false>(m, k, n, sa, sb, out)
+                }
+            }
+            c
+        };
+        let want = reference(&a, &b, None, 1.0);
+        for c in [run(false), run(true)] {
+            for (&got, &w) in c.as_slice().iter().zip(&want) {
+                assert!((got as f64 - w).abs() < 1e-4, "{got} vs {w}");
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn any_narrow_product_matches_the_reference(
+            m in 1usize..40,
+            k in 1usize..70,
+            n in 1usize..(MAX_COLS + 3),
+            a_t: bool,
+            b_t: bool,
+            acc: bool,
+            alpha in -2.0f32..2.0,
+        ) {
+            check(m, k, n, a_t, b_t, acc, alpha);
+        }
+    }
+}
