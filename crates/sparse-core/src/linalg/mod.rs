@@ -3,6 +3,8 @@
 //! and a register-tiled kernel for small products with narrow outputs
 //! (`small`), and the few decompositions the solvers need.
 
+#[cfg(target_arch = "x86_64")]
+mod packed;
 mod small;
 
 use crate::matrix::Matrix;
@@ -41,7 +43,9 @@ pub fn par_for(macs: usize) -> Par {
 ///
 /// Products below the parallel threshold with at most 64 output columns run
 /// in this crate's register-tiled kernel (the synthetic studies' shapes, where
-/// faer's packing and dispatch cost more than the arithmetic); the rest in faer.
+/// faer's packing and dispatch cost more than the arithmetic); on AVX2 CPUs
+/// without AVX-512, products at least 64 in every dimension run in the packed
+/// kernel (`packed`, faster than faer's AVX2 kernels there); the rest in faer.
 ///
 /// Panics if shapes do not conform: callers validate user-facing shapes first.
 pub fn gemm_into(
@@ -69,12 +73,24 @@ pub fn gemm_into(
     if macs < PARALLEL_THRESHOLD_MACS && small::try_gemm(dst.as_mut(), accumulate, a, b, alpha) {
         return;
     }
+    let par = par_for(macs);
+    #[cfg(target_arch = "x86_64")]
+    if packed::try_gemm(
+        dst.as_mut(),
+        accumulate,
+        a,
+        b,
+        alpha,
+        matches!(par, Par::Rayon(_)),
+    ) {
+        return;
+    }
     let accum = if accumulate {
         Accum::Add
     } else {
         Accum::Replace
     };
-    matmul(dst, accum, a, b, alpha, par_for(macs));
+    matmul(dst, accum, a, b, alpha, par);
 }
 
 /// `op(a) · op(b)` as a new matrix.

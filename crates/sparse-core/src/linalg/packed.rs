@@ -1,0 +1,450 @@
+//! A packed GEMM for CPUs with AVX2 and FMA but no AVX-512, in the BLIS
+//! layout: the right operand packed in `KC × NC` panels of 16-column strips,
+//! the left in `MC × KC` blocks of 6-row strips, a 6 × 16 register tile (12
+//! ymm accumulators: enough independent FMA chains to hide the latency).
+//! On the project's AVX2 machine faer's kernels reach 57 % of the FMA peak on
+//! the SAE shapes (`docs/benchmarks.md`); on AVX-512 machines faer is kept.
+//!
+//! Every output element is summed over `k` in order (one register lane, FMA),
+//! block by block, whatever the thread count: results do not depend on it.
+
+use faer::{MatMut, MatRef};
+use rayon::prelude::*;
+
+/// Rows of a register tile.
+const MR: usize = 6;
+/// Columns of a register tile (two ymm registers).
+const NR: usize = 16;
+/// Depth of a packed block: a 6 × 256 strip of `a` and a 256 × 16 strip of
+/// `b` (22 KiB) stay in L1 while a tile is computed.
+const KC: usize = 256;
+/// Rows of `a` packed at once (144 × 256 floats = 144 KiB, half an L2).
+const MC: usize = 144;
+/// Columns of `b` packed at once (256 × 3072 floats = 3 MiB, in L3).
+const NC: usize = 3072;
+
+/// Smallest dimension this kernel takes: below it packing costs more than it
+/// saves (a matrix–vector product, a 49k-wide unembedding of one token).
+const MIN_DIM: usize = 64;
+
+/// Whether this CPU should use the packed kernel: AVX2 and FMA, no AVX-512.
+pub(super) fn available() -> bool {
+    std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+        && !std::is_x86_feature_detected!("avx512f")
+}
+
+/// `dst = alpha · a · b (+ dst when accumulate)` for products large enough in
+/// every dimension, with a row-major `dst`; returns `false`, touching
+/// nothing, otherwise (or where [`available`] is false).
+pub(super) fn try_gemm(
+    dst: MatMut<'_, f32>,
+    accumulate: bool,
+    a: MatRef<'_, f32>,
+    b: MatRef<'_, f32>,
+    alpha: f32,
+    parallel: bool,
+) -> bool {
+    let (m, k, n) = (a.nrows(), a.ncols(), b.ncols());
+    if m < MIN_DIM || k < MIN_DIM || n < MIN_DIM || dst.col_stride() != 1 || !available() {
+        return false;
+    }
+    gemm(dst, accumulate, a, b, alpha, parallel);
+    true
+}
+
+/// The output, shared by the threads: each writes only its own rows.
+#[derive(Clone, Copy)]
+struct Out {
+    ptr: *mut f32,
+    row_stride: isize,
+}
+// SAFETY: threads write disjoint row blocks of the output.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+/// The packed product; callers have checked [`available`] and a unit column
+/// stride of `dst`.
+fn gemm(
+    dst: MatMut<'_, f32>,
+    accumulate: bool,
+    a: MatRef<'_, f32>,
+    b: MatRef<'_, f32>,
+    alpha: f32,
+    parallel: bool,
+) {
+    PACK_BUFFERS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buffers) => {
+            let (a_buf, b_buf) = &mut *buffers;
+            gemm_with(dst, accumulate, a, b, alpha, parallel, a_buf, b_buf)
+        }
+        // Re-entered on this thread (a rayon worker waiting inside a packed
+        // product ran another one): use fresh buffers.
+        Err(_) => gemm_with(
+            dst,
+            accumulate,
+            a,
+            b,
+            alpha,
+            parallel,
+            &mut Vec::new(),
+            &mut Vec::new(),
+        ),
+    })
+}
+
+thread_local! {
+    /// Packing buffers kept between products, so that a training loop does
+    /// not allocate (and fault in) megabytes on every call.
+    static PACK_BUFFERS: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// [`gemm`] with the packing buffers given (grown as needed).
+#[allow(clippy::too_many_arguments)]
+fn gemm_with(
+    dst: MatMut<'_, f32>,
+    accumulate: bool,
+    a: MatRef<'_, f32>,
+    b: MatRef<'_, f32>,
+    alpha: f32,
+    parallel: bool,
+    a_packed: &mut Vec<f32>,
+    b_packed: &mut Vec<f32>,
+) {
+    let (m, k, n) = (a.nrows(), a.ncols(), b.ncols());
+    let out = Out {
+        ptr: dst.as_ptr_mut(),
+        row_stride: dst.row_stride(),
+    };
+    grow(b_packed, KC * NC.min(n.div_ceil(NR) * NR));
+    // One contiguous band of rows per thread, of equal height (in whole
+    // tiles): rayon's halving of a list of blocks left one thread 12 % idle.
+    let parts = if parallel {
+        rayon::current_num_threads().clamp(1, m.div_ceil(MR))
+    } else {
+        1
+    };
+    let band = m.div_ceil(parts).div_ceil(MR) * MR;
+    grow(a_packed, MC * KC * parts);
+    for jc in (0..n).step_by(NC) {
+        let nc = NC.min(n - jc);
+        for pc in (0..k).step_by(KC) {
+            let kc = KC.min(k - pc);
+            let b_block = b.submatrix(pc, jc, kc, nc);
+            let strips = nc.div_ceil(NR);
+            let b_buf = &mut b_packed[..strips * NR * kc];
+            let pack_strip = |(s, strip): (usize, &mut [f32])| pack_b_strip(b_block, s * NR, strip);
+            if parallel {
+                b_buf
+                    .par_chunks_mut(NR * kc)
+                    .enumerate()
+                    .for_each(pack_strip);
+            } else {
+                b_buf.chunks_mut(NR * kc).enumerate().for_each(pack_strip);
+            }
+            let b_buf = &*b_buf;
+            // The first depth block overwrites (or adds to) `dst`, later ones add.
+            let add = accumulate || pc > 0;
+            let band_product = |(part, a_buf): (usize, &mut [f32])| {
+                let end = m.min((part + 1) * band);
+                for ic in (part * band..end).step_by(MC) {
+                    let mc = MC.min(end - ic);
+                    pack_a_block(a.submatrix(ic, pc, mc, kc), a_buf);
+                    // SAFETY: this band writes rows ic..ic + mc of `dst` only.
+                    unsafe { block_product(mc, kc, nc, a_buf, b_buf, out, ic, jc, alpha, add) };
+                }
+            };
+            if parallel {
+                a_packed[..MC * KC * parts]
+                    .par_chunks_mut(MC * KC)
+                    .enumerate()
+                    .for_each(band_product);
+            } else {
+                band_product((0, &mut a_packed[..MC * KC]));
+            }
+        }
+    }
+}
+
+/// Makes `buf` at least `len` long (contents are overwritten before use).
+fn grow(buf: &mut Vec<f32>, len: usize) {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+}
+
+/// Packs columns `j0..j0 + 16` of `b (kc × nc)` row by row (`strip[p·16 + c]`),
+/// zero-padded past `nc`.
+fn pack_b_strip(b: MatRef<'_, f32>, j0: usize, strip: &mut [f32]) {
+    let width = NR.min(b.ncols() - j0);
+    let (rs, cs) = (b.row_stride(), b.col_stride());
+    for (p, row) in strip.chunks_exact_mut(NR).enumerate() {
+        // SAFETY: p < kc rows and j0 + c < nc columns of `b`.
+        let src = unsafe { b.as_ptr().offset(p as isize * rs + j0 as isize * cs) };
+        for (c, v) in row.iter_mut().enumerate() {
+            *v = if c < width {
+                unsafe { *src.offset(c as isize * cs) }
+            } else {
+                0.0
+            };
+        }
+    }
+}
+
+/// Packs `a (mc × kc)` in 6-row strips, column by column within a strip
+/// (`strip[p·6 + r]`), zero-padded past `mc`.
+fn pack_a_block(a: MatRef<'_, f32>, buf: &mut [f32]) {
+    let (mc, kc) = (a.nrows(), a.ncols());
+    let (rs, cs) = (a.row_stride(), a.col_stride());
+    for (s, strip) in buf[..mc.div_ceil(MR) * MR * kc]
+        .chunks_exact_mut(MR * kc)
+        .enumerate()
+    {
+        let i0 = s * MR;
+        let height = MR.min(mc - i0);
+        // SAFETY: rows i0 + r < mc and columns p < kc of `a`.
+        let src = unsafe { a.as_ptr().offset(i0 as isize * rs) };
+        for (p, col) in strip.chunks_exact_mut(MR).enumerate() {
+            for (r, v) in col.iter_mut().enumerate() {
+                *v = if r < height {
+                    unsafe { *src.offset(r as isize * rs + p as isize * cs) }
+                } else {
+                    0.0
+                };
+            }
+        }
+    }
+}
+
+/// Every register tile of one packed `mc × kc` block of `a` against the
+/// packed `kc × nc` panel of `b`, written to `dst[ic.., jc..]`.
+///
+/// # Safety
+/// `out` must hold rows `ic..ic + mc` and columns `jc..jc + nc`, written by
+/// no other thread meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn block_product(
+    mc: usize,
+    kc: usize,
+    nc: usize,
+    a_buf: &[f32],
+    b_buf: &[f32],
+    out: Out,
+    ic: usize,
+    jc: usize,
+    alpha: f32,
+    add: bool,
+) {
+    for (is, a_strip) in a_buf[..mc.div_ceil(MR) * MR * kc]
+        .chunks_exact(MR * kc)
+        .enumerate()
+    {
+        let i = is * MR;
+        let height = MR.min(mc - i);
+        for (js, b_strip) in b_buf.chunks_exact(NR * kc).enumerate() {
+            let j = js * NR;
+            let width = NR.min(nc - j);
+            let c = out
+                .ptr
+                .offset((ic + i) as isize * out.row_stride + (jc + j) as isize);
+            if height == MR && width == NR {
+                tile(kc, a_strip, b_strip, c, out.row_stride, alpha, add);
+            } else {
+                // Edge: compute the full tile into a buffer, copy what exists.
+                let mut edge = [0.0f32; MR * NR];
+                tile(
+                    kc,
+                    a_strip,
+                    b_strip,
+                    edge.as_mut_ptr(),
+                    NR as isize,
+                    1.0,
+                    false,
+                );
+                for r in 0..height {
+                    for col in 0..width {
+                        let d = c.offset(r as isize * out.row_stride + col as isize);
+                        let v = alpha * edge[r * NR + col];
+                        *d = if add { v + *d } else { v };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One 6 × 16 tile over depth `kc`: `c = alpha·(a_strip · b_strip) (+ c)`.
+///
+/// # Safety
+/// `c` must address 6 rows of 16 floats `row_stride` apart; [`available`]
+/// must be true.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile(
+    kc: usize,
+    a_strip: &[f32],
+    b_strip: &[f32],
+    c: *mut f32,
+    row_stride: isize,
+    alpha: f32,
+    add: bool,
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(a_strip.len() >= MR * kc && b_strip.len() >= NR * kc);
+    // The output tile is 6 rows in 6 different pages: fetch it while the
+    // depth loop runs, not after.
+    for r in 0..MR as isize {
+        let row = c.offset(r * row_stride) as *const i8;
+        _mm_prefetch::<_MM_HINT_T0>(row);
+        _mm_prefetch::<_MM_HINT_T0>(row.add(60));
+    }
+    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+    let (mut ap, mut bp) = (a_strip.as_ptr(), b_strip.as_ptr());
+    for _ in 0..kc {
+        let b0 = _mm256_loadu_ps(bp);
+        let b1 = _mm256_loadu_ps(bp.add(8));
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let a_r = _mm256_broadcast_ss(&*ap.add(r));
+            acc_r[0] = _mm256_fmadd_ps(a_r, b0, acc_r[0]);
+            acc_r[1] = _mm256_fmadd_ps(a_r, b1, acc_r[1]);
+        }
+        ap = ap.add(MR);
+        bp = bp.add(NR);
+    }
+    let alpha = _mm256_set1_ps(alpha);
+    for (r, acc_r) in acc.iter().enumerate() {
+        let row = c.offset(r as isize * row_stride);
+        for (h, &s) in acc_r.iter().enumerate() {
+            let d = row.add(8 * h);
+            let mut v = _mm256_mul_ps(alpha, s);
+            if add {
+                v = _mm256_add_ps(v, _mm256_loadu_ps(d));
+            }
+            _mm256_storeu_ps(d, v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::matrix::Matrix;
+    use proptest::prelude::*;
+
+    fn filled(rows: usize, cols: usize, seed: u64) -> Matrix {
+        Matrix::from_fn(rows, cols, |i, j| {
+            let h = (i as u64 * 7919 + j as u64 * 104_729 + seed * 15_485_863) % 2003;
+            h as f32 / 1001.0 - 1.0
+        })
+    }
+
+    /// Runs `gemm` (bypassing the size gate) with either operand stored
+    /// transposed and checks it against an f64 reference.
+    fn check(m: usize, k: usize, n: usize, a_t: bool, b_t: bool, acc: bool, parallel: bool) {
+        if !available() {
+            eprintln!("skipped: this CPU does not use the packed kernel");
+            return;
+        }
+        let a = filled(m, k, 1);
+        let b = filled(k, n, 2);
+        let c0 = filled(m, n, 3);
+        let (a_store, b_store) = (a.transpose(), b.transpose());
+        let a_view = if a_t {
+            a_store.view().transpose()
+        } else {
+            a.view()
+        };
+        let b_view = if b_t {
+            b_store.view().transpose()
+        } else {
+            b.view()
+        };
+        let alpha = -0.75;
+        let mut c = c0.clone();
+        gemm(c.view_mut(), acc, a_view, b_view, alpha, parallel);
+        for i in 0..m {
+            for j in 0..n {
+                let s: f64 = (0..k)
+                    .map(|kk| a.get(i, kk) as f64 * b.get(kk, j) as f64)
+                    .sum();
+                let want = alpha as f64 * s + if acc { c0.get(i, j) as f64 } else { 0.0 };
+                let got = c.get(i, j) as f64;
+                assert!(
+                    (got - want).abs() <= 1e-5 * (k as f64 + 1.0) * (1.0 + want.abs()),
+                    "{m}×{k}×{n} a_t={a_t} b_t={b_t} acc={acc} ({i},{j}): {got} vs {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn block_edges_in_every_dimension_match_the_reference() {
+        // Past MC, KC and NR boundaries, with remainders everywhere.
+        check(MC + 7, KC + 3, 2 * NR + 5, false, false, false, false);
+        check(MC + 7, KC + 3, 2 * NR + 5, true, true, true, true);
+        check(13, 2 * KC + 1, 37, false, true, true, false);
+        check(2 * MC + 1, 70, NR, true, false, false, true);
+    }
+
+    #[test]
+    fn columns_past_one_packed_panel_match_the_reference() {
+        check(7, 9, NC + 21, false, false, true, true);
+    }
+
+    #[test]
+    fn thread_count_does_not_change_a_bit() {
+        if !available() {
+            return;
+        }
+        let a = filled(3 * MC + 5, KC + 40, 4);
+        let b = filled(KC + 40, 77, 5);
+        let run = |parallel: bool| {
+            let mut c = Matrix::zeros(a.rows(), b.cols());
+            gemm(c.view_mut(), false, a.view(), b.view(), 1.0, parallel);
+            c
+        };
+        assert_eq!(run(false).as_slice(), run(true).as_slice());
+    }
+
+    #[test]
+    fn small_or_strided_outputs_are_left_to_others() {
+        let a = filled(MIN_DIM - 1, MIN_DIM, 1);
+        let b = filled(MIN_DIM, MIN_DIM, 2);
+        let mut c = Matrix::zeros(MIN_DIM - 1, MIN_DIM);
+        assert!(!try_gemm(
+            c.view_mut(),
+            false,
+            a.view(),
+            b.view(),
+            1.0,
+            false
+        ));
+        let a = filled(MIN_DIM, MIN_DIM, 1);
+        let mut c = Matrix::zeros(MIN_DIM, MIN_DIM);
+        assert!(!try_gemm(
+            c.view_mut().transpose_mut(),
+            false,
+            a.view(),
+            b.view(),
+            1.0,
+            false
+        ));
+        assert!(c.as_slice().iter().all(|&v| v == 0.0));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn any_product_matches_the_reference(
+            m in 1usize..60,
+            k in 1usize..300,
+            n in 1usize..60,
+            a_t: bool,
+            b_t: bool,
+            acc: bool,
+            parallel: bool,
+        ) {
+            check(m, k, n, a_t, b_t, acc, parallel);
+        }
+    }
+}
