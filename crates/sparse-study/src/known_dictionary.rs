@@ -306,7 +306,9 @@ fn paper_mcc(method: &str) -> Option<f64> {
     }
 }
 
-/// Runs the study. Seeds run in parallel; the result does not depend on the thread count.
+/// Runs the study. Seeds run in parallel, and within a seed the amortised
+/// encoders beside the per-sample solvers; the result does not depend on the
+/// thread count.
 pub fn run(
     config: &KnownDictionaryConfig,
     progress: &dyn Progress,
@@ -1035,6 +1037,36 @@ crate::study!(KnownDictionaryConfig, KnownDictionaryReport, "known-dictionary", 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_and_two_threads_give_the_same_numbers() {
+        let config = KnownDictionaryConfig {
+            n_train: 64,
+            n_val: 64,
+            n_test: 64,
+            seeds: 1,
+            train_steps: 200,
+            eval_points: 5,
+            fista_max_iter: 200,
+            exp_adam_iter: 200,
+            ..KnownDictionaryConfig::quick()
+        };
+        let run_on = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let mut report = pool.install(|| run(&config, &crate::NoProgress)).unwrap();
+            report.wall_seconds = 0.0;
+            report.runs.iter_mut().for_each(|r| r.wall_seconds = 0.0);
+            serde_json::to_string(&report).unwrap()
+        };
+        let one = run_on(1);
+        assert_eq!(one, run_on(2));
+        for method in ["sae", "mlp-32", "fista", "exp-adam", "omp", "sae+fista"] {
+            assert!(one.contains(&format!("\"{method}\"")), "{method} missing");
+        }
+    }
 
     #[test]
     fn eval_steps_are_increasing_and_cover_both_ends() {
