@@ -6,6 +6,8 @@
 #[cfg(target_arch = "x86_64")]
 mod packed;
 mod small;
+#[cfg(test)]
+mod test_support;
 
 use crate::matrix::Matrix;
 use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef, Par};

@@ -327,16 +327,10 @@ unsafe fn tile(
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_support::{filled, Problem};
     use super::*;
     use crate::matrix::Matrix;
     use proptest::prelude::*;
-
-    fn filled(rows: usize, cols: usize, seed: u64) -> Matrix {
-        Matrix::from_fn(rows, cols, |i, j| {
-            let h = (i as u64 * 7919 + j as u64 * 104_729 + seed * 15_485_863) % 2003;
-            h as f32 / 1001.0 - 1.0
-        })
-    }
 
     /// Runs `gemm` (bypassing the size gate) with either operand stored
     /// transposed and checks it against an f64 reference.
@@ -345,36 +339,18 @@ mod tests {
             eprintln!("skipped: this CPU does not use the packed kernel");
             return;
         }
-        let a = filled(m, k, 1);
-        let b = filled(k, n, 2);
-        let c0 = filled(m, n, 3);
-        let (a_store, b_store) = (a.transpose(), b.transpose());
-        let a_view = if a_t {
-            a_store.view().transpose()
-        } else {
-            a.view()
-        };
-        let b_view = if b_t {
-            b_store.view().transpose()
-        } else {
-            b.view()
-        };
+        let p = Problem::new(m, k, n);
         let alpha = -0.75;
-        let mut c = c0.clone();
-        gemm(c.view_mut(), acc, a_view, b_view, alpha, parallel);
-        for i in 0..m {
-            for j in 0..n {
-                let s: f64 = (0..k)
-                    .map(|kk| a.get(i, kk) as f64 * b.get(kk, j) as f64)
-                    .sum();
-                let want = alpha as f64 * s + if acc { c0.get(i, j) as f64 } else { 0.0 };
-                let got = c.get(i, j) as f64;
-                assert!(
-                    (got - want).abs() <= 1e-5 * (k as f64 + 1.0) * (1.0 + want.abs()),
-                    "{m}×{k}×{n} a_t={a_t} b_t={b_t} acc={acc} ({i},{j}): {got} vs {want}"
-                );
-            }
-        }
+        let mut c = p.c0.clone();
+        gemm(
+            c.view_mut(),
+            acc,
+            p.a_view(a_t),
+            p.b_view(b_t),
+            alpha,
+            parallel,
+        );
+        p.assert_result(&c, alpha, acc, &format!("a_t={a_t} b_t={b_t}"));
     }
 
     #[test]

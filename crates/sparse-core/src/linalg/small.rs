@@ -313,62 +313,21 @@ unsafe fn tile<const R: usize, const W: usize, const FMA: bool>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_support::{filled, Problem};
     use super::*;
     use crate::matrix::Matrix;
     use proptest::prelude::*;
 
-    /// `alpha·a·b (+ c)` in f64.
-    fn reference(a: &Matrix, b: &Matrix, c: Option<&Matrix>, alpha: f32) -> Vec<f64> {
-        let (m, k, n) = (a.rows(), a.cols(), b.cols());
-        let mut want = vec![0.0f64; m * n];
-        for i in 0..m {
-            for j in 0..n {
-                let s: f64 = (0..k)
-                    .map(|kk| a.get(i, kk) as f64 * b.get(kk, j) as f64)
-                    .sum();
-                want[i * n + j] = alpha as f64 * s + c.map_or(0.0, |c| c.get(i, j) as f64);
-            }
-        }
-        want
-    }
-
-    fn filled(rows: usize, cols: usize, seed: u64) -> Matrix {
-        Matrix::from_fn(rows, cols, |i, j| {
-            let h = (i as u64 * 7919 + j as u64 * 104_729 + seed * 15_485_863) % 2003;
-            h as f32 / 1001.0 - 1.0
-        })
-    }
-
     /// Runs one product through the kernel, with either operand stored
     /// transposed, and checks it against the f64 reference.
     fn check(m: usize, k: usize, n: usize, a_t: bool, b_t: bool, acc: bool, alpha: f32) {
-        let a = filled(m, k, 1);
-        let b = filled(k, n, 2);
-        let c0 = filled(m, n, 3);
-        let (a_store, b_store) = (a.transpose(), b.transpose());
-        let a_view = if a_t {
-            a_store.view().transpose()
-        } else {
-            a.view()
-        };
-        let b_view = if b_t {
-            b_store.view().transpose()
-        } else {
-            b.view()
-        };
-        let mut c = c0.clone();
+        let p = Problem::new(m, k, n);
+        let (a_view, b_view) = (p.a_view(a_t), p.b_view(b_t));
+        let mut c = p.c0.clone();
         let taken = try_gemm(c.view_mut(), acc, a_view, b_view, alpha);
         assert_eq!(taken, applies(1, b_view.col_stride(), k, n));
-        if !taken {
-            return;
-        }
-        let want = reference(&a, &b, acc.then_some(&c0), alpha);
-        for (idx, (&got, &w)) in c.as_slice().iter().zip(&want).enumerate() {
-            let tol = 1e-5 * (k as f64 + 1.0) * (1.0 + w.abs());
-            assert!(
-                (got as f64 - w).abs() <= tol,
-                "{m}×{k}×{n} a_t={a_t} b_t={b_t} acc={acc} at {idx}: {got} vs {w}"
-            );
+        if taken {
+            p.assert_result(&c, alpha, acc, &format!("a_t={a_t} b_t={b_t}"));
         }
     }
 
@@ -420,8 +379,8 @@ mod tests {
     #[test]
     fn the_portable_build_agrees_with_the_dispatched_one_to_rounding() {
         let (m, k, n) = (9, 37, 27);
-        let a = filled(m, k, 6);
-        let b = filled(k, n, 7);
+        let p = Problem::new(m, k, n);
+        let (a, b) = (p.a_view(false), p.b_view(false));
         let run = |fma: bool| {
             let mut c = Matrix::zeros(m, n);
             let out = Output {
@@ -431,12 +390,12 @@ mod tests {
                 alpha: 1.0,
             };
             let sa = Strided {
-                ptr: a.view().as_ptr(),
+                ptr: a.as_ptr(),
                 row_stride: k as isize,
                 col_stride: 1,
             };
             let sb = Strided {
-                ptr: b.view().as_ptr(),
+                ptr: b.as_ptr(),
                 row_stride: n as isize,
                 col_stride: 1,
             };
@@ -450,12 +409,8 @@ mod tests {
             }
             c
         };
-        let want = reference(&a, &b, None, 1.0);
-        for c in [run(false), run(true)] {
-            for (&got, &w) in c.as_slice().iter().zip(&want) {
-                assert!((got as f64 - w).abs() < 1e-4, "{got} vs {w}");
-            }
-        }
+        p.assert_result(&run(false), 1.0, false, "portable");
+        p.assert_result(&run(true), 1.0, false, "dispatched");
     }
 
     proptest! {
