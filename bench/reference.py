@@ -167,9 +167,19 @@ def torch_unit_norm_step(torch, params, opt):
 
 
 def torch_sae_step(case, d, reps):
+    """From the parameters the harness wrote (ours starts from the same ones)."""
     torch = torch_setup()
     x = torch.from_numpy(load(d, "x.npy"))
-    params, opt = torch_sae(torch, case["dim"], case["latents"])
+    params = {
+        name: torch.nn.Parameter(torch.from_numpy(load(d, f"{name.lower()}.npy")).reshape(shape))
+        for name, shape in [
+            ("W_enc", (case["dim"], case["latents"])),
+            ("b_enc", (case["latents"],)),
+            ("W_dec", (case["latents"], case["dim"])),
+            ("b_dec", (case["dim"],)),
+        ]
+    }
+    opt = torch.optim.Adam(params.values(), lr=1e-4)
     lam = 0.01
     out = {}
 

@@ -273,6 +273,7 @@ pub fn scaling_cases(small: bool) -> Vec<(String, String, f64, Case)> {
                     batch: b,
                     dim,
                     latents: n,
+                    l0: None,
                 },
             ),
             (

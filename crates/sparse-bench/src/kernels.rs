@@ -54,8 +54,19 @@ pub fn write_inputs(case: &Case, dir: &Path) -> Result<()> {
             batch,
             dim,
             latents,
+            l0,
+        } => {
+            let (x, d) = synthetic(latents, dim, DATA_K, batch)?;
+            save(dir, "x.npy", &x)?;
+            let params = sae_step_parameters(&x, &d, l0)?;
+            for (name, m) in ["w_enc.npy", "b_enc.npy", "w_dec.npy", "b_dec.npy"]
+                .into_iter()
+                .zip(&params)
+            {
+                save(dir, name, m)?;
+            }
         }
-        | Case::TopkStep {
+        Case::TopkStep {
             batch,
             dim,
             latents,
@@ -99,6 +110,42 @@ pub fn write_inputs(case: &Case, dir: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The SAE step's starting parameters `[W_enc (d × N), b_enc (1 × N),
+/// W_dec (N × d), b_dec (1 × d)]` for data `x` drawn from the dictionary `d`.
+/// Without `l0`: a tied initialisation (`W_dec` random unit rows, `W_enc` its
+/// transpose, zero biases), about half the codes positive. With `l0`: a
+/// trained-like state, `W_dec = d`, `W_enc = dᵀ` and `b_enc = −θ` with θ the
+/// `l0·n`-th largest pre-activation of the batch, so that samples have `l0`
+/// positive codes on average.
+fn sae_step_parameters(x: &Matrix, d: &Matrix, l0: Option<usize>) -> Result<[Matrix; 4]> {
+    let (latents, dim) = d.shape();
+    let b_dec = Matrix::zeros(1, dim);
+    let Some(l0) = l0 else {
+        let w_dec = SyntheticConfig::paper(latents, dim, 1, INPUT_SEED + 2).dictionary()?;
+        return Ok([w_dec.transpose(), Matrix::zeros(1, latents), w_dec, b_dec]);
+    };
+    let w_enc = d.transpose();
+    let mut pre = Matrix::zeros(x.rows(), latents);
+    gemm_into(
+        pre.view_mut(),
+        false,
+        x.view(),
+        Op::N,
+        w_enc.view(),
+        Op::N,
+        1.0,
+    );
+    let mut values = pre.as_slice().to_vec();
+    let rank = (l0 * x.rows()).clamp(1, values.len());
+    let (_, &mut theta, _) = values.select_nth_unstable_by(rank - 1, |a, b| b.total_cmp(a));
+    Ok([
+        w_enc,
+        Matrix::from_fn(1, latents, |_, _| -theta),
+        d.clone(),
+        b_dec,
+    ])
 }
 
 /// Times one closure `reps` times after `warmup` untimed calls.
@@ -156,13 +203,21 @@ pub fn run_kernel(case: &Case, dir: &Path, reps: usize) -> Result<Measurement> {
         }
         Case::SaeStep { latents, dim, .. } => {
             let x = load("x.npy")?;
-            let mut sae = Autoencoder::new(AutoencoderConfig {
+            let config = AutoencoderConfig {
                 encoder_bias: true,
                 decoder_bias: true,
                 project_decoder_gradient: true,
                 adam: sparse_core::optim::AdamConfig::with_lr(1e-4),
                 ..AutoencoderConfig::paper_sae(latents, dim, 0)
-            })?;
+            };
+            let (w_enc, b_enc) = (load("w_enc.npy")?, load("b_enc.npy")?);
+            let (w_dec, b_dec) = (load("w_dec.npy")?, load("b_dec.npy")?);
+            let mut sae = Autoencoder::from_parameters(
+                config,
+                vec![(w_enc, b_enc.as_slice().to_vec())],
+                w_dec,
+                b_dec.as_slice().to_vec(),
+            )?;
             let mut loss = 0.0;
             let t = time_reps(1, reps, || {
                 loss = sae.train_step(&x)?;

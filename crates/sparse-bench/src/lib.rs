@@ -38,7 +38,12 @@ pub enum Case {
         n: usize,
     },
     /// One training step (forward, backward, Adam, unit-norm atoms) of a
-    /// ReLU-L1 SAE with encoder and decoder biases on a batch `X (batch × dim)`.
+    /// ReLU-L1 SAE with encoder and decoder biases on a batch `X (batch × dim)`,
+    /// every implementation from the same parameters (written with the inputs):
+    /// at initialisation (`l0` absent: tied random weights, about half the
+    /// codes positive), or in a trained-like state with about `l0` positive
+    /// codes per sample (the data's true dictionary, its transpose as encoder,
+    /// the encoder bias at minus the batch's `l0·batch`-th largest pre-activation).
     SaeStep {
         /// Samples per step.
         batch: usize,
@@ -46,6 +51,9 @@ pub enum Case {
         dim: usize,
         /// Latents.
         latents: usize,
+        /// Mean positive codes per sample of the trained-like state; absent: initialisation.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        l0: Option<usize>,
     },
     /// One TopK SAE training step (ours decodes sparsely; the references decode densely).
     TopkStep {
@@ -111,7 +119,14 @@ impl Case {
                 batch,
                 dim,
                 latents,
+                l0: None,
             } => format!("sae-step-{batch}x{dim}x{latents}"),
+            Case::SaeStep {
+                batch,
+                dim,
+                latents,
+                l0: Some(l0),
+            } => format!("sae-step-{batch}x{dim}x{latents}-l0-{l0}"),
             Case::TopkStep {
                 batch,
                 dim,
@@ -189,6 +204,7 @@ impl Case {
                 batch,
                 dim,
                 latents,
+                ..
             } => {
                 let params = (2 * dim * latents + latents + dim) as f64;
                 // parameters, gradients, two Adam moments; X, X̂; Z and ∂Z.
@@ -235,6 +251,13 @@ pub fn default_cases() -> Vec<Case> {
             batch: 4096,
             dim: 768,
             latents: 16384,
+            l0: None,
+        },
+        Case::SaeStep {
+            batch: 4096,
+            dim: 768,
+            latents: 16384,
+            l0: Some(64),
         },
         Case::TopkStep {
             batch: 4096,
@@ -279,6 +302,14 @@ pub fn quick_cases() -> Vec<Case> {
             batch: 128,
             dim: 32,
             latents: 128,
+            l0: None,
+        },
+        // 65,536 codes, ~4 per sample: large and sparse enough for our sparse path.
+        Case::SaeStep {
+            batch: 256,
+            dim: 32,
+            latents: 256,
+            l0: Some(4),
         },
         Case::TopkStep {
             batch: 128,

@@ -5,6 +5,7 @@
 //! save without copies. Products go through faer views ([`Matrix::view`]).
 
 use crate::error::{Error, Result};
+use crate::linalg::{dot_f64_by_lanes, sum_f64_by_lanes};
 use faer::{MatMut, MatRef};
 
 /// A dense row-major `f32` matrix with explicit shape `rows × cols`.
@@ -203,20 +204,15 @@ impl Matrix {
         }
     }
 
-    /// Frobenius norm squared, accumulated in f64.
+    /// Frobenius norm squared, accumulated in f64 (eight partial sums).
     pub fn norm_sq(&self) -> f64 {
-        self.data.iter().map(|&v| (v as f64) * (v as f64)).sum()
+        sum_f64_by_lanes(&self.data, |v| v * v)
     }
 
     /// Euclidean norm of each row, in f64.
     pub fn row_norms(&self) -> Vec<f64> {
         self.rows_iter()
-            .map(|r| {
-                r.iter()
-                    .map(|&v| (v as f64) * (v as f64))
-                    .sum::<f64>()
-                    .sqrt()
-            })
+            .map(|r| dot_f64_by_lanes(r, r).sqrt())
             .collect()
     }
 
@@ -224,11 +220,7 @@ impl Matrix {
     pub fn normalize_rows(&mut self) {
         for i in 0..self.rows {
             let row = self.row_mut(i);
-            let norm = row
-                .iter()
-                .map(|&v| (v as f64) * (v as f64))
-                .sum::<f64>()
-                .sqrt();
+            let norm = dot_f64_by_lanes(row, row).sqrt();
             if norm > 0.0 {
                 let inv = (1.0 / norm) as f32;
                 row.iter_mut().for_each(|v| *v *= inv);

@@ -1,6 +1,7 @@
 //! Adam (Kingma & Ba), with PyTorch's defaults and update rule, applied to one
 //! flat parameter tensor at a time.
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// Adam hyperparameters.
@@ -89,18 +90,35 @@ impl Adam {
         let bc2 = 1.0 - (beta2 as f64).powi(t);
         let step_size = (lr as f64 / bc1) as f32;
         let bc2_sqrt = bc2.sqrt() as f32;
-        for (((p, &g), m), v) in params
-            .iter_mut()
-            .zip(grads)
-            .zip(&mut self.m)
-            .zip(&mut self.v)
-        {
-            *m = flush_subnormal(beta1 * *m + (1.0 - beta1) * g);
-            *v = flush_subnormal(beta2 * *v + (1.0 - beta2) * g * g);
-            *p -= step_size * *m / (v.sqrt() / bc2_sqrt + eps);
+        let update = |(((p, g), m), v): ParamChunks<'_>| {
+            for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
+                *m = flush_subnormal(beta1 * *m + (1.0 - beta1) * g);
+                *v = flush_subnormal(beta2 * *v + (1.0 - beta2) * g * g);
+                *p -= step_size * *m / (v.sqrt() / bc2_sqrt + eps);
+            }
+        };
+        // Elementwise, so splitting over threads changes no number.
+        if params.len() >= PARALLEL_ADAM {
+            params
+                .par_chunks_mut(ADAM_CHUNK)
+                .zip(grads.par_chunks(ADAM_CHUNK))
+                .zip(self.m.par_chunks_mut(ADAM_CHUNK))
+                .zip(self.v.par_chunks_mut(ADAM_CHUNK))
+                .for_each(update);
+        } else {
+            update((((params, grads), &mut self.m[..]), &mut self.v[..]));
         }
     }
 }
+
+/// One piece of an Adam update: `((parameters, gradients), m), v`.
+type ParamChunks<'a> = (((&'a mut [f32], &'a [f32]), &'a mut [f32]), &'a mut [f32]);
+
+/// Parameters from which [`Adam::step`] splits the update over the threads.
+const PARALLEL_ADAM: usize = 1 << 18;
+
+/// Parameters per parallel piece of [`Adam::step`].
+const ADAM_CHUNK: usize = 1 << 15;
 
 /// `v`, or 0 when `v` is subnormal. Moments that decay into the subnormal
 /// range (parameters whose gradient has vanished) would otherwise make every

@@ -17,13 +17,17 @@
 //! encoder sees `X` itself. (SAELens also subtracts `b_dec` before encoding;
 //! the paper has no bias at all.)
 
+use super::topk::{
+    add_codes_transposed_times, add_sparse_times_dense, code_gradients, sparse_encoder_backward,
+    EncoderBackwardScratch, SparseCodes,
+};
 use super::unit_norm::{normalize_atoms, UnitNormAdam};
 use crate::encoders::sae::{
     check_batch, check_loss, check_training_batch, code_gradient, ensure_rows, head_backward_flops,
     head_forward_flops, reconstruction_loss, validate_common, LayerGrads, LinearReluLayer,
 };
 use crate::error::{Error, Result};
-use crate::linalg::{gemm_into, Op};
+use crate::linalg::{gemm_into, sum_f64_by_lanes, Op};
 use crate::matrix::Matrix;
 use crate::optim::{Adam, AdamConfig, ADAM_FLOPS_PER_PARAM};
 use rand::{Rng, SeedableRng};
@@ -157,6 +161,34 @@ struct Work {
     d_dict: Matrix,
     /// `∂L/∂b_dec (M)`.
     d_b_dec: Vec<f32>,
+    /// Whether the sparse path may be taken (tests turn it off to compare).
+    allow_sparse: bool,
+    /// Whether this step's codes were sparse enough for the sparse path
+    /// (SAE only, see [`sparse_codes_limit`]); then `codes` lists them.
+    sparse: bool,
+    /// The non-zero codes, and `∂L/∂pre` at each of them (sparse path).
+    codes: SparseCodes,
+    code_grads: Vec<f32>,
+    /// Buffers of the sparse encoder backward.
+    encoder_scratch: EncoderBackwardScratch,
+}
+
+/// Codes (`n·N`) from which a one-layer encoder may take the sparse path:
+/// below it the dense products are cheap, and the synthetic studies' small
+/// problems keep the dense path's numbers.
+const SPARSE_PATH_MIN_CODES: usize = 1 << 16;
+
+/// The sparse path is taken when at most one code in this many is non-zero.
+/// Measured on the bench shape (4096 × 768 × 16,384): a non-zero costs
+/// ~1.5 µs in the four sparse × dense passes, a code ~48 ns in the four dense
+/// products they replace, so the two break even near 1 in 30.
+const SPARSE_PATH_DENSITY_INV: usize = 32;
+
+/// The most non-zero codes the sparse path takes for an `n × N` code matrix
+/// of a one-layer encoder (`None`: always dense).
+fn sparse_codes_limit(layers: usize, n: usize, n_latents: usize) -> Option<usize> {
+    let codes = n * n_latents;
+    (layers == 1 && codes >= SPARSE_PATH_MIN_CODES).then_some(codes / SPARSE_PATH_DENSITY_INV)
 }
 
 impl Default for Work {
@@ -171,6 +203,11 @@ impl Default for Work {
             residual: Matrix::zeros(0, 0),
             d_dict: Matrix::zeros(0, 0),
             d_b_dec: Vec::new(),
+            allow_sparse: true,
+            sparse: false,
+            codes: SparseCodes::default(),
+            code_grads: Vec::new(),
+            encoder_scratch: EncoderBackwardScratch::default(),
         }
     }
 }
@@ -186,6 +223,11 @@ impl Work {
             residual: Matrix::zeros(n, config.dim),
             d_dict: Matrix::zeros(config.n_latents, config.dim),
             d_b_dec: vec![0.0; config.dim],
+            allow_sparse: true,
+            sparse: false,
+            codes: SparseCodes::default(),
+            code_grads: Vec::new(),
+            encoder_scratch: EncoderBackwardScratch::default(),
         }
     }
 
@@ -231,6 +273,67 @@ impl Autoencoder {
         dictionary.check_finite("dictionary")?;
         normalize_atoms(&mut dictionary);
         Ok(Self::assemble(config, fresh.layers, dictionary))
+    }
+
+    /// An autoencoder with the given parameters and fresh Adam state (e.g.
+    /// another implementation's initial weights, for a side-by-side
+    /// benchmark): one `(W, b)` per encoder layer, input layer first
+    /// (`W (fan_in × fan_out)`; `b` all zeros without encoder biases), the
+    /// dictionary `(N × M)` (renormalised to unit-norm atoms) and `b_dec (M)`
+    /// (all zeros without a decoder bias). Every array is checked for shape
+    /// and finiteness; errors name it.
+    pub fn from_parameters(
+        config: AutoencoderConfig,
+        encoder: Vec<(Matrix, Vec<f32>)>,
+        mut dictionary: Matrix,
+        b_dec: Vec<f32>,
+    ) -> Result<Self> {
+        config.validate()?;
+        let widths = config.widths();
+        if encoder.len() != widths.len() - 1 {
+            return Err(Error::invalid(
+                "encoder layers",
+                encoder.len(),
+                &format!("this encoder has {} layers", widths.len() - 1),
+            ));
+        }
+        let layers = encoder
+            .into_iter()
+            .zip(widths.windows(2))
+            .enumerate()
+            .map(|(i, ((w, b), p))| {
+                LinearReluLayer::from_weights(
+                    (&format!("W_enc[{i}]"), &format!("b_enc[{i}]")),
+                    w,
+                    b,
+                    (p[0], p[1]),
+                    config.encoder_bias,
+                    config.adam,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        dictionary.expect_shape("dictionary", Some(config.n_latents), Some(config.dim))?;
+        dictionary.check_finite("dictionary")?;
+        normalize_atoms(&mut dictionary);
+        if b_dec.len() != config.dim {
+            return Err(Error::shape(
+                "b_dec",
+                format!("({},)", config.dim),
+                format!("({},)", b_dec.len()),
+            ));
+        }
+        if b_dec.iter().any(|v| !v.is_finite())
+            || (!config.decoder_bias && b_dec.iter().any(|&v| v != 0.0))
+        {
+            return Err(Error::invalid(
+                "b_dec",
+                "non-finite or non-zero values",
+                "must be finite, and all zeros without a decoder bias",
+            ));
+        }
+        let mut model = Self::assemble(config, layers, dictionary);
+        model.b_dec = b_dec;
+        Ok(model)
     }
 
     fn assemble(
@@ -435,18 +538,81 @@ impl Autoencoder {
         } else {
             x
         };
-        reconstruction_loss(
-            target,
-            z,
+        let limit =
+            sparse_codes_limit(self.layers.len(), z.rows(), z.cols()).filter(|_| work.allow_sparse);
+        work.sparse = limit.is_some_and(|max| work.codes.fill_from_positive(z, max));
+        if !work.sparse {
+            return reconstruction_loss(
+                target,
+                z,
+                &self.dictionary,
+                self.config.lambda,
+                &mut work.residual,
+            );
+        }
+        // The same loss from the non-zero codes: X̂ − target = Z·D − target,
+        // decoded sparse × dense; |Z| sums the (positive) listed codes.
+        for (r, &t) in work
+            .residual
+            .as_mut_slice()
+            .iter_mut()
+            .zip(target.as_slice())
+        {
+            *r = -t;
+        }
+        add_sparse_times_dense(&work.codes, &self.dictionary, &mut work.residual);
+        let sq = work.residual.norm_sq();
+        let l1 = sum_f64_by_lanes(&work.codes.value, f64::abs);
+        sq / target.as_slice().len() as f64
+            + self.config.lambda as f64 * l1 / z.as_slice().len() as f64
+    }
+
+    /// The backward of a one-layer encoder from its non-zero codes only
+    /// (forward took the sparse path): the same gradients as the dense
+    /// products, whose other terms are zeros, at cost ∝ the non-zeros.
+    fn sparse_backward(&self, x: &Matrix, work: &mut Work) {
+        let count = work.residual.as_slice().len() as f64;
+        let scale = (2.0 / count) as f32;
+        work.residual
+            .as_mut_slice()
+            .iter_mut()
+            .for_each(|r| *r *= scale);
+        // ∂L/∂pre at each non-zero: ⟨∂L/∂X̂_i, D_j⟩ + λ/(n·N) (the codes are
+        // positive; the ReLU passes them, and blocks every zero code).
+        code_gradients(
+            &work.codes,
             &self.dictionary,
-            self.config.lambda,
-            &mut work.residual,
-        )
+            &work.residual,
+            &mut work.code_grads,
+        );
+        let n_codes = (x.rows() * self.config.n_latents) as f64;
+        let l1 = (self.config.lambda as f64 / n_codes) as f32;
+        work.code_grads.iter_mut().for_each(|g| *g += l1);
+        work.d_dict.as_mut_slice().iter_mut().for_each(|v| *v = 0.0);
+        add_codes_transposed_times(&work.codes, &work.residual, &mut work.d_dict);
+        let grads = &mut work.grads[0];
+        grads.dw.as_mut_slice().iter_mut().for_each(|v| *v = 0.0);
+        grads.db.iter_mut().for_each(|v| *v = 0.0);
+        sparse_encoder_backward(
+            &work.codes,
+            &work.code_grads,
+            x,
+            grads,
+            &mut work.encoder_scratch,
+        );
+        if !self.layers[0].uses_bias() {
+            grads.db.iter_mut().for_each(|v| *v = 0.0);
+        }
     }
 
     /// Forward, loss and backward: leaves every gradient in `work`.
     fn forward_backward(&self, x: &Matrix, work: &mut Work) -> f64 {
         let loss = self.forward_loss(x, work);
+        if work.sparse {
+            self.sparse_backward(x, work);
+            self.decoder_bias_gradient(work);
+            return loss;
+        }
         let last = self.layers.len() - 1;
         code_gradient(
             &work.acts[last],
@@ -465,12 +631,7 @@ impl Autoencoder {
             Op::N,
             1.0,
         );
-        if self.config.decoder_bias {
-            work.d_b_dec.iter_mut().for_each(|v| *v = 0.0);
-            for row in work.residual.rows_iter() {
-                work.d_b_dec.iter_mut().zip(row).for_each(|(s, &g)| *s += g);
-            }
-        }
+        self.decoder_bias_gradient(work);
         for i in (0..=last).rev() {
             let layer = &self.layers[i];
             let (acts_before, acts_rest) = work.acts.split_at(i);
@@ -487,6 +648,16 @@ impl Autoencoder {
             }
         }
         loss
+    }
+
+    /// `∂L/∂b_dec = Σ_rows ∂L/∂X̂` (left in `residual`), with a decoder bias.
+    fn decoder_bias_gradient(&self, work: &mut Work) {
+        if self.config.decoder_bias {
+            work.d_b_dec.iter_mut().for_each(|v| *v = 0.0);
+            for row in work.residual.rows_iter() {
+                work.d_b_dec.iter_mut().zip(row).for_each(|(s, &g)| *s += g);
+            }
+        }
     }
 
     /// FLOPs of encoding `n` samples: the encoder layers only,
@@ -511,6 +682,10 @@ impl Autoencoder {
     /// + [p] 6NM + 12NM + 3NM                     projection, Adam on D, renormalisation
     /// [bd] + 12M                                 Adam on b_dec
     /// ```
+    ///
+    /// The count is the dense algorithm's: an SAE step on at least 65,536
+    /// codes of which at most one in 32 is non-zero decodes and
+    /// back-propagates sparse × dense, and does fewer.
     ///
     /// Paper SAE (no biases, no projection), M = 8, N = 16:
     /// `n·(10MN + 5M + 5N) + 27MN` = `1400n + 3456`. The reference
@@ -644,6 +819,191 @@ mod tests {
                 assert!((g.dictionary.get(j, m) as f64 - want).abs() < 1e-6);
             }
         }
+    }
+
+    /// An SAE over 512 × 256 = 131,072 codes (past the sparse path's
+    /// minimum) whose encoder bias `shift` sets how many codes are positive.
+    fn wide_sae(bias: bool, shift: f32) -> (Autoencoder, Matrix) {
+        let (x, _) = random_problem(512, 16, 256, 4);
+        let cfg = AutoencoderConfig {
+            encoder_bias: bias,
+            decoder_bias: bias,
+            project_decoder_gradient: true,
+            ..AutoencoderConfig::paper_sae(256, 16, 2)
+        };
+        let mut ae = Autoencoder::new(cfg).unwrap();
+        if bias {
+            ae.layers[0].b.iter_mut().for_each(|b| *b += shift);
+            ae.b_dec
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, b)| *b = 0.1 * i as f32);
+        } else {
+            // Without a bias, sparsity comes from the weights: all but 8
+            // latents have zero weights, so pre-activation 0 and no code.
+            let w = ae.layers[0].w.as_mut_slice();
+            w.iter_mut().enumerate().for_each(|(i, v)| {
+                if i % 256 >= 8 {
+                    *v = 0.0;
+                }
+            });
+        }
+        (ae, x)
+    }
+
+    fn gradients_on_path(ae: &Autoencoder, x: &Matrix, allow_sparse: bool) -> (f64, Work) {
+        let mut work = Work::new(x.rows(), &ae.config);
+        work.allow_sparse = allow_sparse;
+        let loss = ae.forward_backward(x, &mut work);
+        (loss, work)
+    }
+
+    fn assert_close(what: &str, a: &[f32], b: &[f32]) {
+        let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12);
+        for (i, (&u, &v)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (u - v).abs() <= 1e-4 * scale,
+                "{what}[{i}]: sparse {u} vs dense {v}"
+            );
+        }
+    }
+
+    #[test]
+    fn sparse_path_gives_the_dense_paths_loss_and_gradients() {
+        for bias in [true, false] {
+            let (ae, x) = wide_sae(bias, -1.3);
+            let (loss_dense, dense) = gradients_on_path(&ae, &x, false);
+            let (loss_sparse, sparse) = gradients_on_path(&ae, &x, true);
+            assert!(!dense.sparse);
+            assert!(sparse.sparse, "bias {bias}: codes not sparse enough");
+            let nnz = sparse.codes.latent.len();
+            assert!(
+                nnz > 500 && nnz * 32 <= 512 * 256,
+                "bias {bias}: {nnz} non-zeros"
+            );
+            assert_eq!(
+                nnz,
+                dense.acts[0]
+                    .as_slice()
+                    .iter()
+                    .filter(|&&v| v > 0.0)
+                    .count()
+            );
+            assert!(
+                (loss_sparse - loss_dense).abs() <= 1e-6 * loss_dense,
+                "{loss_sparse} vs {loss_dense}"
+            );
+            assert_close(
+                "dW",
+                sparse.grads[0].dw.as_slice(),
+                dense.grads[0].dw.as_slice(),
+            );
+            assert_close("db", &sparse.grads[0].db, &dense.grads[0].db);
+            assert_close("dD", sparse.d_dict.as_slice(), dense.d_dict.as_slice());
+            assert_close("db_dec", &sparse.d_b_dec, &dense.d_b_dec);
+            if !bias {
+                assert!(sparse.grads[0].db.iter().all(|&v| v == 0.0));
+            }
+        }
+    }
+
+    #[test]
+    fn dense_codes_and_small_problems_take_the_dense_path() {
+        // Half the codes positive: over the density limit.
+        let (ae, x) = wide_sae(true, 0.0);
+        assert!(!gradients_on_path(&ae, &x, true).1.sparse);
+        // The paper's size: always dense, whatever the density.
+        assert_eq!(sparse_codes_limit(1, 1024, 16), None);
+        assert_eq!(sparse_codes_limit(2, 4096, 16384), None);
+        assert_eq!(sparse_codes_limit(1, 4096, 16384), Some(4096 * 16384 / 32));
+    }
+
+    #[test]
+    fn sparse_training_steps_follow_the_dense_ones() {
+        // Ten Adam steps on each path from the same start end at the same parameters.
+        let (mut sparse, x) = wide_sae(true, -1.3);
+        let mut dense = sparse.clone();
+        for _ in 0..10 {
+            let a = sparse.train_step(&x).unwrap();
+            dense.work.allow_sparse = false;
+            let b = dense.train_step(&x).unwrap();
+            assert!((a - b).abs() <= 1e-5 * b, "{a} vs {b}");
+        }
+        assert!(sparse.work.sparse && !dense.work.sparse);
+        assert_close(
+            "D",
+            sparse.dictionary.as_slice(),
+            dense.dictionary.as_slice(),
+        );
+        assert_close(
+            "W",
+            sparse.layers[0].w.as_slice(),
+            dense.layers[0].w.as_slice(),
+        );
+    }
+
+    #[test]
+    fn from_parameters_round_trips_and_names_bad_arrays() {
+        let cfg = small(EncoderKind::Mlp { hidden: 5 }, true);
+        let ae = Autoencoder::new(cfg).unwrap();
+        let layers: Vec<(Matrix, Vec<f32>)> = ae
+            .layers
+            .iter()
+            .map(|l| (l.w.clone(), l.b.clone()))
+            .collect();
+        let b_dec = vec![0.5; 4];
+        let copy =
+            Autoencoder::from_parameters(cfg, layers.clone(), ae.dictionary.clone(), b_dec.clone())
+                .unwrap();
+        assert_eq!(copy.dictionary(), ae.dictionary());
+        assert_eq!(copy.decoder_bias(), &b_dec[..]);
+        assert_eq!(copy.encoder_weight(1), ae.encoder_weight(1));
+        let (x, _) = random_problem(9, 4, 6, 1);
+        let mut shifted = ae.clone();
+        shifted.b_dec = b_dec.clone();
+        assert_eq!(copy.loss(&x).unwrap(), shifted.loss(&x).unwrap());
+
+        let err = |r: Result<Autoencoder>| r.unwrap_err().to_string();
+        let mut bad = layers.clone();
+        bad[1].0 = Matrix::zeros(4, 6);
+        assert!(err(Autoencoder::from_parameters(
+            cfg,
+            bad,
+            ae.dictionary.clone(),
+            b_dec.clone()
+        ))
+        .contains("W_enc[1]"));
+        let e = err(Autoencoder::from_parameters(
+            cfg,
+            layers[..1].to_vec(),
+            ae.dictionary.clone(),
+            b_dec.clone(),
+        ));
+        assert!(e.contains("encoder layers"), "{e}");
+        let e = err(Autoencoder::from_parameters(
+            cfg,
+            layers.clone(),
+            Matrix::zeros(6, 3),
+            b_dec.clone(),
+        ));
+        assert!(e.contains("dictionary"), "{e}");
+        let e = err(Autoencoder::from_parameters(
+            cfg,
+            layers.clone(),
+            ae.dictionary.clone(),
+            vec![0.0; 3],
+        ));
+        assert!(
+            e.contains("b_dec") && e.contains("(4,)") && e.contains("(3,)"),
+            "{e}"
+        );
+        let e = err(Autoencoder::from_parameters(
+            cfg,
+            layers,
+            ae.dictionary.clone(),
+            vec![f32::NAN; 4],
+        ));
+        assert!(e.contains("b_dec"), "{e}");
     }
 
     #[test]

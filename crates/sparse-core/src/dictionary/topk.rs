@@ -60,13 +60,15 @@ use crate::encoders::sae::{
     LinearReluLayer,
 };
 use crate::error::{Error, Result};
-use crate::linalg::{gemm_into, Op};
+use crate::linalg::{dot_f64_by_lanes, gemm_into, Op};
 use crate::matrix::Matrix;
 use crate::optim::{Adam, AdamConfig, ADAM_FLOPS_PER_PARAM};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::ops::Range;
 
 /// Which pre-activations a TopK-style SAE keeps.
@@ -249,6 +251,25 @@ impl SparseCodes {
         self.start[i]..self.start[i + 1]
     }
 
+    /// The positive entries of `z (n × N)`, row by row, unless there are more
+    /// than `max_entries`: then `false`, with `self` holding a partial list.
+    /// One pass that stops early on dense codes.
+    pub(super) fn fill_from_positive(&mut self, z: &Matrix, max_entries: usize) -> bool {
+        self.clear();
+        for i in 0..z.rows() {
+            for (j, &v) in z.row(i).iter().enumerate() {
+                if v > 0.0 {
+                    self.push(j, v);
+                }
+            }
+            if self.latent.len() > max_entries {
+                return false;
+            }
+            self.end_row();
+        }
+        true
+    }
+
     pub(super) fn to_dense(&self, n_latents: usize) -> Matrix {
         let mut z = Matrix::zeros(self.rows(), n_latents);
         for i in 0..self.rows() {
@@ -277,22 +298,103 @@ fn keep_largest(values: &[f32], candidates: &mut Vec<usize>, k: usize) {
     candidates.sort_unstable();
 }
 
-/// TopK: per row of `pre (n × N)`, the `k` largest entries that are `> 0`.
-fn select_per_sample(pre: &Matrix, k: usize, codes: &mut SparseCodes, cand: &mut Vec<usize>) {
-    codes.clear();
-    for i in 0..pre.rows() {
-        let row = pre.row(i);
-        cand.clear();
-        cand.extend(0..row.len());
-        keep_largest(row, cand, k);
-        for &j in cand.iter() {
-            if row[j] > 0.0 {
-                codes.push(j, row[j]);
+/// Sort key of a positive value at `index`: larger keys are larger values,
+/// then lower indices (the order of [`keep_largest`]). The bits of a positive
+/// `f32` order as the values do, so no float comparison is needed.
+fn positive_key(value: f32, index: usize) -> u64 {
+    ((value.to_bits() as u64) << 32) | (u32::MAX - index as u32) as u64
+}
+
+/// The `k` largest entries of `row` that are `> 0` (ties to the lower index),
+/// written to `out` in ascending latent order, the rest of `out` filled with
+/// `(u32::MAX, 0)`. One pass with a min-heap of the `k` best keys: a block of
+/// 16 values is only looked at one by one when one of them beats the current
+/// k-th largest, which after the first few blocks is rare (expected
+/// `O(N + k·log(N/k)·log k)`).
+fn top_k_positive(
+    row: &[f32],
+    k: usize,
+    heap: &mut BinaryHeap<Reverse<u64>>,
+    out: &mut [(u32, f32)],
+) {
+    heap.clear();
+    // Values not above `floor` cannot enter: 0 until the heap is full, then
+    // the k-th largest (an equal value later in the row has a higher index, so it loses).
+    let mut floor = 0.0f32;
+    const BLOCK: usize = 16;
+    for (b, block) in row.chunks(BLOCK).enumerate() {
+        if !block.iter().fold(false, |any, &v| any | (v > floor)) {
+            continue;
+        }
+        for (o, &v) in block.iter().enumerate() {
+            if v <= floor {
+                continue;
             }
+            let key = positive_key(v, b * BLOCK + o);
+            if heap.len() < k {
+                heap.push(Reverse(key));
+                if heap.len() == k {
+                    floor = f32::from_bits((heap.peek().expect("k ≥ 1").0 >> 32) as u32);
+                }
+            } else {
+                let mut least = heap.peek_mut().expect("k ≥ 1");
+                if key > least.0 {
+                    *least = Reverse(key);
+                    drop(least);
+                    floor = f32::from_bits((heap.peek().expect("k ≥ 1").0 >> 32) as u32);
+                }
+            }
+        }
+    }
+    let found = heap.len();
+    for (slot, Reverse(key)) in out.iter_mut().zip(heap.drain()) {
+        let index = u32::MAX - key as u32;
+        *slot = (index, f32::from_bits((key >> 32) as u32));
+    }
+    out[..found].sort_unstable_by_key(|&(j, _)| j);
+    out[found..].iter_mut().for_each(|s| *s = (u32::MAX, 0.0));
+}
+
+/// TopK: per row of `pre (n × N)`, the `k` largest entries that are `> 0`
+/// (ties to the lower index). Rows are independent: on large batches they are
+/// split over the threads into `picked (n × k)`, then gathered in row order,
+/// so the codes do not depend on the thread count.
+fn select_per_sample(
+    pre: &Matrix,
+    k: usize,
+    codes: &mut SparseCodes,
+    picked: &mut Vec<(u32, f32)>,
+) {
+    codes.clear();
+    let (n, nl) = pre.shape();
+    if k == 0 || nl == 0 {
+        (0..n).for_each(|_| codes.end_row());
+        return;
+    }
+    picked.clear();
+    picked.resize(n * k, (u32::MAX, 0.0));
+    if n * nl >= PARALLEL_SELECTION {
+        let rows = pre.as_slice().par_chunks(nl).zip(picked.par_chunks_mut(k));
+        rows.for_each_init(
+            || BinaryHeap::with_capacity(k),
+            |heap, (row, out)| top_k_positive(row, k, heap, out),
+        );
+    } else {
+        let mut heap = BinaryHeap::with_capacity(k);
+        let rows = pre.as_slice().chunks(nl).zip(picked.chunks_mut(k));
+        rows.for_each(|(row, out)| top_k_positive(row, k, &mut heap, out));
+    }
+    for row in picked.chunks(k) {
+        for &(j, v) in row.iter().take_while(|&&(j, _)| j != u32::MAX) {
+            codes.push(j as usize, v);
         }
         codes.end_row();
     }
 }
+
+/// Pre-activations (`n·N`) from which the per-sample selection splits rows
+/// over the threads.
+const PARALLEL_SELECTION: usize = 1 << 18;
 
 /// BatchTopK: the `n·k` largest entries of `pre (n × N)` that are `> 0`.
 pub(super) fn select_batch(pre: &Matrix, k: usize, codes: &mut SparseCodes, cand: &mut Vec<usize>) {
@@ -382,15 +484,8 @@ pub(super) fn add_sparse_times_dense(codes: &SparseCodes, d: &Matrix, out: &mut 
 /// `grads_e = ⟨g_i, D_j⟩` for each entry `e = (i, j)`: `∂L/∂value` of a
 /// sparse decode with output gradient `g (n × M)`. `2·M` FLOPs per entry.
 pub(super) fn code_gradients(codes: &SparseCodes, d: &Matrix, g: &Matrix, grads: &mut Vec<f32>) {
-    let dot = |e: usize, i: usize| -> f32 {
-        let s: f64 = g
-            .row(i)
-            .iter()
-            .zip(d.row(codes.latent[e]))
-            .map(|(&a, &b)| a as f64 * b as f64)
-            .sum();
-        s as f32
-    };
+    let dot =
+        |e: usize, i: usize| -> f32 { dot_f64_by_lanes(g.row(i), d.row(codes.latent[e])) as f32 };
     grads.clear();
     grads.resize(codes.latent.len(), 0.0);
     // Entries are independent: parallel over samples on large batches.
@@ -432,18 +527,38 @@ pub(super) fn sparse_decode_backward(
 
 /// `d_dict_j += value_e·g_i` for every entry `e = (i, j)`: `Zᵀ·g` for sparse
 /// `Z`, accumulated (the dictionary gradient of a sparse decode). `2·M` FLOPs per entry.
+/// Each atom sums its entries in sample order; large problems split the atoms
+/// into ranges, one per thread, each scanning every entry for its own, so the
+/// numbers do not depend on the split.
 pub(super) fn add_codes_transposed_times(codes: &SparseCodes, g: &Matrix, d_dict: &mut Matrix) {
-    for i in 0..codes.rows() {
-        let gi = g.row(i);
-        for e in codes.row(i) {
-            let v = codes.value[e];
-            d_dict
-                .row_mut(codes.latent[e])
-                .iter_mut()
-                .zip(gi)
-                .for_each(|(o, &a)| *o += v * a);
+    let m = d_dict.cols();
+    let add_range = |first: usize, atoms: &mut [f32]| {
+        let end = first + atoms.len() / m.max(1);
+        for i in 0..codes.rows() {
+            let gi = g.row(i);
+            for e in codes.row(i) {
+                let j = codes.latent[e];
+                if (first..end).contains(&j) {
+                    let v = codes.value[e];
+                    atoms[(j - first) * m..(j - first + 1) * m]
+                        .iter_mut()
+                        .zip(gi)
+                        .for_each(|(o, &a)| *o += v * a);
+                }
+            }
         }
+    };
+    let threads = rayon::current_num_threads();
+    if codes.latent.len() * m < SPARSE_BACKWARD_LARGE || threads <= 1 || m == 0 {
+        add_range(0, d_dict.as_mut_slice());
+        return;
     }
+    let per_range = d_dict.rows().div_ceil(threads);
+    d_dict
+        .as_mut_slice()
+        .par_chunks_mut(per_range * m)
+        .enumerate()
+        .for_each(|(r, atoms)| add_range(r * per_range, atoms));
 }
 
 /// Buffers of [`sparse_encoder_backward`]'s large-problem path, kept by the
@@ -587,15 +702,13 @@ pub(super) fn decoder_bias_gradient(
     d_b_enc: &[f32],
     out: &mut [f32],
 ) {
-    for (mm, s) in out.iter_mut().enumerate() {
-        let through_encoder: f64 = encoder
-            .w
-            .row(mm)
-            .iter()
-            .zip(d_b_enc)
-            .map(|(&w, &g)| w as f64 * g as f64)
-            .sum();
-        let direct: f64 = output_grad.rows_iter().map(|r| r[mm] as f64).sum();
+    // Column sums row by row (each column still summed in row order).
+    let mut direct = vec![0.0f64; out.len()];
+    for r in output_grad.rows_iter() {
+        direct.iter_mut().zip(r).for_each(|(s, &g)| *s += g as f64);
+    }
+    for ((mm, s), direct) in out.iter_mut().enumerate().zip(direct) {
+        let through_encoder = dot_f64_by_lanes(encoder.w.row(mm), d_b_enc);
         *s = (direct - through_encoder) as f32;
     }
 }
@@ -659,6 +772,8 @@ struct Work {
     aux_residual: Matrix,
     /// Index scratch for the selections, and the dead latents.
     cand: Vec<usize>,
+    /// The per-sample selection's `(latent, value)` slots, `k` per sample.
+    picked: Vec<(u32, f32)>,
     dead: Vec<usize>,
     /// Encoder gradients.
     grads: LayerGrads,
@@ -691,6 +806,7 @@ impl Work {
             residual: Matrix::zeros(n, dim),
             aux_residual: Matrix::zeros(n, dim),
             cand: Vec::new(),
+            picked: Vec::new(),
             dead: Vec::new(),
             grads: LayerGrads::new(dim, n_latents),
             d_dict: Matrix::zeros(n_latents, dim),
@@ -812,7 +928,7 @@ impl TopKSae {
         self.pre_activations(x, &mut work);
         match self.config.selection {
             TopKSelection::PerSample => {
-                select_per_sample(&work.pre, self.config.k, &mut work.codes, &mut work.cand)
+                select_per_sample(&work.pre, self.config.k, &mut work.codes, &mut work.picked)
             }
             TopKSelection::Batch => select_above(&work.pre, |_| self.threshold, &mut work.codes),
         }
@@ -909,7 +1025,7 @@ impl TopKSae {
     fn select(&self, work: &mut Work) {
         match self.config.selection {
             TopKSelection::PerSample => {
-                select_per_sample(&work.pre, self.config.k, &mut work.codes, &mut work.cand)
+                select_per_sample(&work.pre, self.config.k, &mut work.codes, &mut work.picked)
             }
             TopKSelection::Batch => {
                 select_batch(&work.pre, self.config.k, &mut work.codes, &mut work.cand)
@@ -1128,6 +1244,7 @@ mod tests {
     use crate::data::SyntheticConfig;
     use crate::encoders::sae::testing::{check_gradient, random_problem};
     use crate::metrics::dictionary_mcc;
+    use rand::Rng;
 
     fn small(selection: TopKSelection, k: usize) -> TopKConfig {
         TopKConfig {
@@ -1160,6 +1277,68 @@ mod tests {
             .enumerate()
             .for_each(|(j, b)| *b = 0.05 * j as f32 - 0.1);
         sae
+    }
+
+    /// Brute force of the per-sample selection: sort every index by value
+    /// (descending, ties to the lower index), keep `k`, drop the non-positive.
+    fn brute_force_top_k(row: &[f32], k: usize) -> Vec<(usize, f32)> {
+        let mut order: Vec<usize> = (0..row.len()).collect();
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+        let mut kept: Vec<(usize, f32)> = order[..k.min(row.len())]
+            .iter()
+            .filter(|&&j| row[j] > 0.0)
+            .map(|&j| (j, row[j]))
+            .collect();
+        kept.sort_by_key(|&(j, _)| j);
+        kept
+    }
+
+    fn selected_rows(pre: &Matrix, k: usize) -> Vec<Vec<(usize, f32)>> {
+        let (mut codes, mut picked) = (SparseCodes::default(), Vec::new());
+        select_per_sample(pre, k, &mut codes, &mut picked);
+        assert_eq!(codes.rows(), pre.rows());
+        (0..pre.rows())
+            .map(|i| {
+                codes
+                    .row(i)
+                    .map(|e| (codes.latent[e], codes.value[e]))
+                    .collect()
+            })
+            .collect()
+    }
+
+    proptest::proptest! {
+        /// Values from a small set, so ties (and zeros, negatives, −0) are common.
+        #[test]
+        fn per_sample_selection_equals_a_full_sort(
+            levels in proptest::collection::vec(0usize..7, 1..400),
+            cols in 1usize..40,
+            k in 1usize..12,
+        ) {
+            const LEVEL: [f32; 7] = [-1.0, -0.0, 0.0, 0.25, 0.5, 1.0, 3.0];
+            let rows = levels.len().div_ceil(cols);
+            let pre = Matrix::from_fn(rows, cols, |i, j| {
+                LEVEL[levels.get(i * cols + j).copied().unwrap_or(0)]
+            });
+            let k = k.min(cols);
+            for (i, got) in selected_rows(&pre, k).into_iter().enumerate() {
+                proptest::prop_assert_eq!(got, brute_force_top_k(pre.row(i), k), "row {}", i);
+            }
+        }
+    }
+
+    #[test]
+    fn per_sample_selection_on_a_batch_split_over_threads_equals_a_full_sort() {
+        // Past PARALLEL_SELECTION, with ties from rounding to a coarse grid.
+        let (rows, cols, k) = (40, 8192, 32);
+        assert!(rows * cols >= PARALLEL_SELECTION);
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let pre = Matrix::from_fn(rows, cols, |_, _| {
+            (rng.sample::<f32, _>(rand_distr::StandardNormal) * 64.0).round() / 16.0
+        });
+        for (i, got) in selected_rows(&pre, k).into_iter().enumerate() {
+            assert_eq!(got, brute_force_top_k(pre.row(i), k), "row {i}");
+        }
     }
 
     #[test]

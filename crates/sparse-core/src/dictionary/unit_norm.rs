@@ -8,8 +8,10 @@
 //! the renormalisation afterwards only corrects a second-order drift.
 //! [`UnitNormAdam`] packages that recipe: project, Adam step, renormalise.
 
+use crate::linalg::dot_f64_by_lanes;
 use crate::matrix::Matrix;
 use crate::optim::{Adam, AdamConfig, ADAM_FLOPS_PER_PARAM};
+use rayon::prelude::*;
 
 /// Scales every atom (row) of `d` to unit Euclidean norm, in f64.
 ///
@@ -26,21 +28,32 @@ pub fn normalize_atoms(d: &mut Matrix) {
     if dim == 0 {
         return;
     }
-    for i in 0..d.rows() {
-        let row = d.row_mut(i);
-        let norm = row
-            .iter()
-            .map(|&v| (v as f64) * (v as f64))
-            .sum::<f64>()
-            .sqrt();
+    let normalize = |(i, row): (usize, &mut [f32])| {
+        let norm = dot_f64_by_lanes(row, row).sqrt();
         if norm > 0.0 && norm.is_finite() {
             row.iter_mut().for_each(|v| *v = (*v as f64 / norm) as f32);
         } else {
             row.iter_mut().for_each(|v| *v = 0.0);
             row[i % dim] = 1.0;
         }
+    };
+    // Rows are independent: the same numbers on any number of threads.
+    if d.as_slice().len() >= PARALLEL_ROWS {
+        d.as_mut_slice()
+            .par_chunks_mut(dim)
+            .enumerate()
+            .for_each(normalize);
+    } else {
+        d.as_mut_slice()
+            .chunks_mut(dim)
+            .enumerate()
+            .for_each(normalize);
     }
 }
+
+/// Dictionary entries (`N·M`) from which the row-wise passes of this module
+/// split the rows over the threads.
+const PARALLEL_ROWS: usize = 1 << 18;
 
 /// Removes from each row of `grad` its component along the matching atom of
 /// `d`: `g_i ← g_i − (⟨g_i, d_i⟩ / ‖d_i‖²)·d_i` (f64 dot products), so that
@@ -56,20 +69,27 @@ pub fn project_gradient_to_tangent(d: &Matrix, grad: &mut Matrix) {
         grad.shape(),
         "project_gradient_to_tangent: shapes differ"
     );
-    for i in 0..d.rows() {
-        let atom = d.row(i);
-        let g = grad.row_mut(i);
-        let (mut dot, mut norm_sq) = (0.0f64, 0.0f64);
-        for (&a, &gv) in atom.iter().zip(g.iter()) {
-            dot += a as f64 * gv as f64;
-            norm_sq += a as f64 * a as f64;
-        }
+    let dim = d.cols().max(1);
+    let project = |(atom, g): (&[f32], &mut [f32])| {
+        let norm_sq = dot_f64_by_lanes(atom, atom);
         if norm_sq > 0.0 {
-            let c = dot / norm_sq;
+            let c = dot_f64_by_lanes(atom, g) / norm_sq;
             for (gv, &a) in g.iter_mut().zip(atom) {
                 *gv = (*gv as f64 - c * a as f64) as f32;
             }
         }
+    };
+    let atoms = d.as_slice();
+    if atoms.len() >= PARALLEL_ROWS {
+        atoms
+            .par_chunks(dim)
+            .zip(grad.as_mut_slice().par_chunks_mut(dim))
+            .for_each(project);
+    } else {
+        atoms
+            .chunks(dim)
+            .zip(grad.as_mut_slice().chunks_mut(dim))
+            .for_each(project);
     }
 }
 

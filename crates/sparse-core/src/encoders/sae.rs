@@ -14,7 +14,7 @@
 
 use super::{check_inputs, Encoder, Encoding, Trainable};
 use crate::error::{Error, Result};
-use crate::linalg::{gemm_into, Op};
+use crate::linalg::{gemm_into, sum_f64_by_lanes, Op};
 use crate::matrix::Matrix;
 use crate::optim::{Adam, AdamConfig, ADAM_FLOPS_PER_PARAM};
 use rand::distributions::{Distribution, Uniform};
@@ -419,28 +419,12 @@ pub(crate) fn reconstruction_loss(
         Op::N,
         1.0,
     );
-    // Eight partial sums instead of one chain: the loop vectorises, and the
-    // add latency no longer bounds it.
     for (r, &xv) in residual.as_mut_slice().iter_mut().zip(x.as_slice()) {
         *r -= xv;
     }
-    let sq = sum_f64_by_lanes(residual.as_slice(), |r| r * r);
+    let sq = residual.norm_sq();
     let l1 = sum_f64_by_lanes(z.as_slice(), f64::abs);
     sq / x.as_slice().len() as f64 + lambda as f64 * l1 / z.as_slice().len() as f64
-}
-
-/// `Σ f(v)` over `values` in f64, in eight interleaved partial sums, so that
-/// the add latency does not bound the loop (one chain would).
-fn sum_f64_by_lanes(values: &[f32], f: impl Fn(f64) -> f64) -> f64 {
-    let chunks = values.chunks_exact(8);
-    let tail: f64 = chunks.remainder().iter().map(|&v| f(v as f64)).sum();
-    let mut lanes = [0.0f64; 8];
-    for eight in chunks {
-        for (s, &v) in lanes.iter_mut().zip(eight) {
-            *s += f(v as f64);
-        }
-    }
-    lanes.iter().sum::<f64>() + tail
 }
 
 /// `∂L/∂Z (n × N)` from the residual left by [`reconstruction_loss`]:
@@ -602,6 +586,11 @@ impl LinearReluLayer {
 
     fn fan_out(&self) -> usize {
         self.w.cols()
+    }
+
+    /// Whether the bias is trained (otherwise it stays zero).
+    pub(crate) fn uses_bias(&self) -> bool {
+        self.use_bias
     }
 
     /// Trained parameters: the weight, plus the bias when used.

@@ -190,6 +190,41 @@ pub fn solve_spd(a: &[f64], b: &[f64]) -> Option<Vec<f64>> {
     Some(x)
 }
 
+/// `Σ f(v)` over `values` in f64, in eight interleaved partial sums, so that
+/// the loop vectorises and the add latency does not bound it (one chain would).
+pub fn sum_f64_by_lanes(values: &[f32], f: impl Fn(f64) -> f64) -> f64 {
+    let chunks = values.chunks_exact(8);
+    let tail: f64 = chunks.remainder().iter().map(|&v| f(v as f64)).sum();
+    let mut lanes = [0.0f64; 8];
+    for eight in chunks {
+        for (s, &v) in lanes.iter_mut().zip(eight) {
+            *s += f(v as f64);
+        }
+    }
+    lanes.iter().sum::<f64>() + tail
+}
+
+/// `⟨a, b⟩` over the common length, products and sums in f64, in eight
+/// interleaved partial sums (as [`sum_f64_by_lanes`]).
+pub fn dot_f64_by_lanes(a: &[f32], b: &[f32]) -> f64 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f64 = a8
+        .remainder()
+        .iter()
+        .zip(b8.remainder())
+        .map(|(&x, &y)| x as f64 * y as f64)
+        .sum();
+    let mut lanes = [0.0f64; 8];
+    for (x8, y8) in a8.zip(b8) {
+        for ((s, &x), &y) in lanes.iter_mut().zip(x8).zip(y8) {
+            *s += x as f64 * y as f64;
+        }
+    }
+    lanes.iter().sum::<f64>() + tail
+}
+
 /// `e^x` in f32 to within 2 ulp, without calling libm.
 ///
 /// glibc's `expf` is compiled for AVX while this crate's code is SSE: each
