@@ -8,6 +8,7 @@
 //! scikit-learn's solution coefficient by coefficient.
 
 use anyhow::{bail, Result};
+use sparse_core::linalg::solve_spd;
 
 /// A fitted probe: `P(y = 1 | x) = σ(x·w + b)`.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -36,41 +37,6 @@ fn sigmoid(t: f64) -> f64 {
         let e = t.exp();
         e / (1.0 + e)
     }
-}
-
-/// Solves `a·x = b` (symmetric positive definite `a`, row-major `n × n`) by Cholesky.
-fn cholesky_solve(a: &[f64], b: &[f64], n: usize) -> Option<Vec<f64>> {
-    let mut l = vec![0.0; n * n];
-    for i in 0..n {
-        for j in 0..=i {
-            let mut s = a[i * n + j];
-            for k in 0..j {
-                s -= l[i * n + k] * l[j * n + k];
-            }
-            if i == j {
-                if s <= 0.0 {
-                    return None;
-                }
-                l[i * n + i] = s.sqrt();
-            } else {
-                l[i * n + j] = s / l[j * n + j];
-            }
-        }
-    }
-    let mut y = b.to_vec();
-    for i in 0..n {
-        for k in 0..i {
-            y[i] -= l[i * n + k] * y[k];
-        }
-        y[i] /= l[i * n + i];
-    }
-    for i in (0..n).rev() {
-        for k in i + 1..n {
-            y[i] -= l[k * n + i] * y[k];
-        }
-        y[i] /= l[i * n + i];
-    }
-    Some(y)
 }
 
 impl LogisticModel {
@@ -141,7 +107,7 @@ impl LogisticModel {
                     iterations: iter,
                 });
             }
-            let Some(step) = cholesky_solve(&h, &g, p) else {
+            let Some(step) = solve_spd(&h, &g) else {
                 bail!("logistic regression: singular Hessian at iteration {iter}");
             };
             // Backtracking keeps Newton monotone far from the optimum.
