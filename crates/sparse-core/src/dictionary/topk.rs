@@ -1198,7 +1198,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn grouped_parallel_encoder_backward_equals_the_direct_loop_bit_for_bit() {
+    fn grouped_parallel_encoder_and_dictionary_backward_equal_the_direct_loops_bit_for_bit() {
         use rand::seq::SliceRandom;
         use rand::Rng;
         let (n, nl, m, k) = (1024, 512, 64, 16);
@@ -1212,7 +1212,7 @@ mod tests {
             let (chosen, _) = latents.partial_shuffle(&mut rng, k);
             chosen.sort_unstable();
             for &j in chosen.iter() {
-                codes.push(j, 1.0);
+                codes.push(j, rng.gen_range(0.1f32..2.0));
                 deltas.push(rng.gen_range(-1.0f32..1.0));
             }
             codes.end_row();
@@ -1240,6 +1240,25 @@ mod tests {
         }
         assert_eq!(grads.dw.as_slice(), &dw[..]);
         assert_eq!(grads.db, db);
+        // The dictionary gradient split into atom ranges (three, so uneven)
+        // against one loop over the entries in sample order.
+        let mut d_dict = Matrix::zeros(nl, m);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        pool.install(|| add_codes_transposed_times(&codes, &input, &mut d_dict));
+        let mut direct = Matrix::zeros(nl, m);
+        for i in 0..n {
+            for e in codes.row(i) {
+                let (j, v) = (codes.latent[e], codes.value[e]);
+                for mm in 0..m {
+                    let sum = direct.get(j, mm) + v * input.get(i, mm);
+                    direct.set(j, mm, sum);
+                }
+            }
+        }
+        assert_eq!(d_dict, direct);
     }
     use crate::data::SyntheticConfig;
     use crate::encoders::sae::testing::{check_gradient, random_problem};
