@@ -73,23 +73,17 @@ fn gemm(
     alpha: f32,
     parallel: bool,
 ) {
+    let run = |a_buf: &mut Vec<f32>, b_buf: &mut Vec<f32>| {
+        gemm_with(dst, accumulate, a, b, alpha, parallel, a_buf, b_buf)
+    };
     PACK_BUFFERS.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buffers) => {
             let (a_buf, b_buf) = &mut *buffers;
-            gemm_with(dst, accumulate, a, b, alpha, parallel, a_buf, b_buf)
+            run(a_buf, b_buf)
         }
         // Re-entered on this thread (a rayon worker waiting inside a packed
         // product ran another one): use fresh buffers.
-        Err(_) => gemm_with(
-            dst,
-            accumulate,
-            a,
-            b,
-            alpha,
-            parallel,
-            &mut Vec::new(),
-            &mut Vec::new(),
-        ),
+        Err(_) => run(&mut Vec::new(), &mut Vec::new()),
     })
 }
 
