@@ -19,6 +19,7 @@ pub mod encoders;
 pub mod error;
 pub mod flops;
 pub mod gap;
+pub mod huge_pages;
 pub mod io;
 pub mod linalg;
 pub mod matrix;

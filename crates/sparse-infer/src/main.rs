@@ -27,6 +27,10 @@ mod saelens_cmd;
 mod synth_preset;
 mod train;
 
+/// Large matrices on huge pages, as numpy does (`sparse_core::huge_pages`).
+#[global_allocator]
+static ALLOCATOR: sparse_core::huge_pages::HugePageAlloc = sparse_core::huge_pages::HugePageAlloc;
+
 /// Sparse inference and dictionary learning: synthetic data, encoders, metrics and studies.
 #[derive(Parser, Debug)]
 #[command(name = "sparse-infer", version, about)]

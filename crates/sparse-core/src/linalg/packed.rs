@@ -15,13 +15,17 @@ use rayon::prelude::*;
 const MR: usize = 6;
 /// Columns of a register tile (two ymm registers).
 const NR: usize = 16;
-/// Depth of a packed block: a 6 × 256 strip of `a` and a 256 × 16 strip of
-/// `b` (22 KiB) stay in L1 while a tile is computed.
-const KC: usize = 256;
-/// Rows of `a` packed at once (144 × 256 floats = 144 KiB, half an L2).
+/// Depth of a packed block. Only the 6 × 768 strip of `a` (18 KiB) must stay
+/// in L1 while a tile is computed (strips of `b` stream past it once each),
+/// and a deep block means fewer passes over the output: the SAE shapes'
+/// depth of 768 takes one, where 256 took three (bench shape, fastest of 12
+/// interleaved runs: 137 against 124 GFLOP/s; `docs/benchmarks.md`).
+const KC: usize = 768;
+/// Rows of `a` packed at once (144 × 768 floats = 432 KiB, within an L2).
 const MC: usize = 144;
-/// Columns of `b` packed at once (256 × 3072 floats = 3 MiB, in L3).
-const NC: usize = 3072;
+const _: () = assert!(MC.is_multiple_of(MR));
+/// Columns of `b` packed at once (768 × 1024 floats = 3 MiB, in L3).
+const NC: usize = 1024;
 
 /// Smallest dimension this kernel takes: below it packing costs more than it
 /// saves (a matrix–vector product, a 49k-wide unembedding of one token).
@@ -111,7 +115,9 @@ fn gemm_with(
         ptr: dst.as_ptr_mut(),
         row_stride: dst.row_stride(),
     };
-    grow(b_packed, KC * NC.min(n.div_ceil(NR) * NR));
+    // Buffers as deep as the product needs, at most one block.
+    let kc_max = KC.min(k);
+    grow(b_packed, kc_max * NC.min(n.div_ceil(NR) * NR));
     // One contiguous band of rows per thread, of equal height (in whole
     // tiles): rayon's halving of a list of blocks left one thread 12 % idle.
     let parts = if parallel {
@@ -120,42 +126,58 @@ fn gemm_with(
         1
     };
     let band = m.div_ceil(parts).div_ceil(MR) * MR;
-    grow(a_packed, MC * KC * parts);
-    for jc in (0..n).step_by(NC) {
-        let nc = NC.min(n - jc);
-        for pc in (0..k).step_by(KC) {
-            let kc = KC.min(k - pc);
+    // Each band's rows of `a` are packed once per depth block, on the first
+    // panel of `b`, and kept for the others (packing them again for every
+    // 1024-column panel took a tenth of the product's time on one core).
+    grow(a_packed, band * kc_max * parts);
+    for pc in (0..k).step_by(KC) {
+        let kc = KC.min(k - pc);
+        // The first depth block overwrites (or adds to) `dst`, later ones add.
+        let add = accumulate || pc > 0;
+        for jc in (0..n).step_by(NC) {
+            let nc = NC.min(n - jc);
             let b_block = b.submatrix(pc, jc, kc, nc);
             let strips = nc.div_ceil(NR);
             let b_buf = &mut b_packed[..strips * NR * kc];
-            let pack_strip = |(s, strip): (usize, &mut [f32])| pack_b_strip(b_block, s * NR, strip);
+            // Threads pack contiguous runs of strips.
+            let per_part = if parallel {
+                strips.div_ceil(rayon::current_num_threads())
+            } else {
+                strips
+            };
+            let pack_part =
+                |(part, run): (usize, &mut [f32])| pack_b_strips(b_block, part * per_part, run);
             if parallel {
                 b_buf
-                    .par_chunks_mut(NR * kc)
+                    .par_chunks_mut(per_part * NR * kc)
                     .enumerate()
-                    .for_each(pack_strip);
+                    .for_each(pack_part);
             } else {
-                b_buf.chunks_mut(NR * kc).enumerate().for_each(pack_strip);
+                pack_part((0, b_buf));
             }
             let b_buf = &*b_buf;
-            // The first depth block overwrites (or adds to) `dst`, later ones add.
-            let add = accumulate || pc > 0;
-            let band_product = |(part, a_buf): (usize, &mut [f32])| {
-                let end = m.min((part + 1) * band);
-                for ic in (part * band..end).step_by(MC) {
+            let band_product = |(part, a_band): (usize, &mut [f32])| {
+                let (begin, end) = (part * band, m.min((part + 1) * band));
+                for ic in (begin..end).step_by(MC) {
                     let mc = MC.min(end - ic);
-                    pack_a_block(a.submatrix(ic, pc, mc, kc), a_buf);
+                    // Blocks are whole strips (MC is a multiple of MR), so
+                    // block ic starts (ic − begin)·kc into the band's buffer.
+                    let a_buf = &mut a_band[(ic - begin) * kc..][..mc.div_ceil(MR) * MR * kc];
+                    if jc == 0 {
+                        pack_a_block(a.submatrix(ic, pc, mc, kc), a_buf);
+                    }
                     // SAFETY: this band writes rows ic..ic + mc of `dst` only.
                     unsafe { block_product(mc, kc, nc, a_buf, b_buf, out, ic, jc, alpha, add) };
                 }
             };
+            let a_bands = &mut a_packed[..band * kc_max * parts];
             if parallel {
-                a_packed[..MC * KC * parts]
-                    .par_chunks_mut(MC * KC)
+                a_bands
+                    .par_chunks_mut(band * kc_max)
                     .enumerate()
                     .for_each(band_product);
             } else {
-                band_product((0, &mut a_packed[..MC * KC]));
+                band_product((0, a_bands));
             }
         }
     }
@@ -168,20 +190,48 @@ fn grow(buf: &mut Vec<f32>, len: usize) {
     }
 }
 
-/// Packs columns `j0..j0 + 16` of `b (kc × nc)` row by row (`strip[p·16 + c]`),
+/// Packs strips `s0, s0 + 1, …` of `b (kc × nc)` into `run`, each strip 16
+/// columns row by row (`run[i·16·kc + p·16 + c] = b[p, (s0 + i)·16 + c]`),
 /// zero-padded past `nc`.
-fn pack_b_strip(b: MatRef<'_, f32>, j0: usize, strip: &mut [f32]) {
-    let width = NR.min(b.ncols() - j0);
+///
+/// A row-major `b` is read row by row, each row's stretch once: read a strip
+/// at a time, every row of the strip was a new page and a new cache line
+/// (`b`'s rows are 64 KiB apart on the SAE shapes), and packing took a fifth
+/// of the product's time on one core. Other layouts go strip by strip, which
+/// reads them along their contiguous direction.
+fn pack_b_strips(b: MatRef<'_, f32>, s0: usize, run: &mut [f32]) {
+    let (kc, nc) = (b.nrows(), b.ncols());
     let (rs, cs) = (b.row_stride(), b.col_stride());
-    for (p, row) in strip.chunks_exact_mut(NR).enumerate() {
-        // SAFETY: p < kc rows and j0 + c < nc columns of `b`.
-        let src = unsafe { b.as_ptr().offset(p as isize * rs + j0 as isize * cs) };
-        for (c, v) in row.iter_mut().enumerate() {
-            *v = if c < width {
-                unsafe { *src.offset(c as isize * cs) }
-            } else {
-                0.0
-            };
+    let strip_len = NR * kc;
+    let strip_cols = |i: usize| {
+        let j0 = (s0 + i) * NR;
+        j0..nc.min(j0 + NR)
+    };
+    if cs == 1 {
+        for p in 0..kc {
+            // SAFETY: row p < kc of `b` holds nc contiguous values.
+            let row = unsafe { std::slice::from_raw_parts(b.as_ptr().offset(p as isize * rs), nc) };
+            for (i, strip) in run.chunks_exact_mut(strip_len).enumerate() {
+                let cols = strip_cols(i);
+                let (vals, pad) = strip[p * NR..(p + 1) * NR].split_at_mut(cols.len());
+                vals.copy_from_slice(&row[cols]);
+                pad.fill(0.0);
+            }
+        }
+        return;
+    }
+    for (i, strip) in run.chunks_exact_mut(strip_len).enumerate() {
+        let cols = strip_cols(i);
+        for (p, row) in strip.chunks_exact_mut(NR).enumerate() {
+            for (c, v) in row.iter_mut().enumerate() {
+                let j = cols.start + c;
+                // SAFETY: p < kc rows and j < nc columns of `b`.
+                *v = if j < cols.end {
+                    unsafe { *b.as_ptr().offset(p as isize * rs + j as isize * cs) }
+                } else {
+                    0.0
+                };
+            }
         }
     }
 }
@@ -292,9 +342,10 @@ unsafe fn tile(
         _mm_prefetch::<_MM_HINT_T0>(row);
         _mm_prefetch::<_MM_HINT_T0>(row.add(60));
     }
-    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-    let (mut ap, mut bp) = (a_strip.as_ptr(), b_strip.as_ptr());
-    for _ in 0..kc {
+    /// One depth step: a row of the `b` strip times a column of the `a` strip.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn step(acc: &mut [[__m256; 2]; MR], ap: *const f32, bp: *const f32) {
         let b0 = _mm256_loadu_ps(bp);
         let b1 = _mm256_loadu_ps(bp.add(8));
         for (r, acc_r) in acc.iter_mut().enumerate() {
@@ -302,6 +353,21 @@ unsafe fn tile(
             acc_r[0] = _mm256_fmadd_ps(a_r, b0, acc_r[0]);
             acc_r[1] = _mm256_fmadd_ps(a_r, b1, acc_r[1]);
         }
+    }
+    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+    let (mut ap, mut bp) = (a_strip.as_ptr(), b_strip.as_ptr());
+    // Four steps per loop iteration: with one, the loop's bookkeeping held
+    // the kernel at 70–76 GFLOP/s on one core with both strips in L1; with
+    // four it runs at 85–93 (of a 91–97 FMA peak).
+    for _ in 0..kc / 4 {
+        for u in 0..4 {
+            step(&mut acc, ap.add(u * MR), bp.add(u * NR));
+        }
+        ap = ap.add(4 * MR);
+        bp = bp.add(4 * NR);
+    }
+    for _ in 0..kc % 4 {
+        step(&mut acc, ap, bp);
         ap = ap.add(MR);
         bp = bp.add(NR);
     }
@@ -359,6 +425,14 @@ mod tests {
     #[test]
     fn columns_past_one_packed_panel_match_the_reference() {
         check(7, 9, NC + 21, false, false, true, true);
+    }
+
+    #[test]
+    fn every_panel_of_every_depth_block_reuses_the_packed_rows_of_a() {
+        // Several depth blocks × several panels of `b`, bands of rows that
+        // end mid-block and mid-strip.
+        check(2 * MC + 5, KC + 5, NC + 19, false, false, true, true);
+        check(13, 2 * KC + 7, NC + 3, true, true, false, true);
     }
 
     #[test]
