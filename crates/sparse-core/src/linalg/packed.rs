@@ -213,9 +213,16 @@ fn pack_b_strips(b: MatRef<'_, f32>, s0: usize, run: &mut [f32]) {
             let row = unsafe { std::slice::from_raw_parts(b.as_ptr().offset(p as isize * rs), nc) };
             for (i, strip) in run.chunks_exact_mut(strip_len).enumerate() {
                 let cols = strip_cols(i);
-                let (vals, pad) = strip[p * NR..(p + 1) * NR].split_at_mut(cols.len());
-                vals.copy_from_slice(&row[cols]);
-                pad.fill(0.0);
+                let dst = &mut strip[p * NR..(p + 1) * NR];
+                if cols.len() == NR {
+                    // Fixed-length: two vector moves, not a memmove call.
+                    let dst: &mut [f32; NR] = dst.try_into().expect("16 columns");
+                    *dst = row[cols].try_into().expect("16 columns");
+                } else {
+                    let (vals, pad) = dst.split_at_mut(cols.len());
+                    vals.copy_from_slice(&row[cols]);
+                    pad.fill(0.0);
+                }
             }
         }
         return;
@@ -249,13 +256,34 @@ fn pack_a_block(a: MatRef<'_, f32>, buf: &mut [f32]) {
         let height = MR.min(mc - i0);
         // SAFETY: rows i0 + r < mc and columns p < kc of `a`.
         let src = unsafe { a.as_ptr().offset(i0 as isize * rs) };
-        for (p, col) in strip.chunks_exact_mut(MR).enumerate() {
-            for (r, v) in col.iter_mut().enumerate() {
-                *v = if r < height {
-                    unsafe { *src.offset(r as isize * rs + p as isize * cs) }
-                } else {
-                    0.0
-                };
+        if height == MR && cs == 1 {
+            // Row-major: six rows read side by side, each contiguously.
+            // SAFETY: row i0 + r < mc of `a` holds kc contiguous values.
+            let rows: [&[f32]; MR] = std::array::from_fn(|r| unsafe {
+                std::slice::from_raw_parts(src.offset(r as isize * rs), kc)
+            });
+            for (p, col) in strip.chunks_exact_mut(MR).enumerate() {
+                for (v, row) in col.iter_mut().zip(&rows) {
+                    *v = row[p];
+                }
+            }
+        } else if height == MR && rs == 1 {
+            // Column-major (a transposed view): each column's six values
+            // are contiguous.
+            for (p, col) in strip.chunks_exact_mut(MR).enumerate() {
+                // SAFETY: column p < kc holds rows i0..i0 + 6 contiguously.
+                let vals = unsafe { std::slice::from_raw_parts(src.offset(p as isize * cs), MR) };
+                col.copy_from_slice(vals);
+            }
+        } else {
+            for (p, col) in strip.chunks_exact_mut(MR).enumerate() {
+                for (r, v) in col.iter_mut().enumerate() {
+                    *v = if r < height {
+                        unsafe { *src.offset(r as isize * rs + p as isize * cs) }
+                    } else {
+                        0.0
+                    };
+                }
             }
         }
     }
