@@ -22,7 +22,7 @@ use super::unit_norm::{normalization_flops, normalize_atoms, UnitNormAdam};
 use crate::encoders::fista::{Fista, FistaConfig};
 use crate::encoders::{check_inputs, Encoding};
 use crate::error::{Error, Result};
-use crate::linalg::{gemm_into, matmul_new, Op};
+use crate::linalg::{cholesky_solve_in_place, gemm_into, matmul_new, Op};
 use crate::matrix::Matrix;
 use crate::optim::AdamConfig;
 use rand::{Rng, SeedableRng};
@@ -406,7 +406,7 @@ fn mod_solve(gram: &Matrix, ztx: &Matrix, d: &mut Matrix) -> Result<()> {
     let eps = (MOD_RIDGE * mean_diag).max(1e-12);
     (0..k).for_each(|i| a[i * k + i] += eps);
     let mut b: Vec<f64> = ztx.as_slice().iter().map(|&v| v as f64).collect();
-    if !cholesky_solve(&mut a, k, &mut b, m) {
+    if !cholesky_solve_in_place(&mut a, k, &mut b, m) {
         return Err(Error::Numerical {
             what: "MOD dictionary update".to_string(),
             reason: "ZᵀZ + εI is not positive definite".to_string(),
@@ -419,80 +419,12 @@ fn mod_solve(gram: &Matrix, ztx: &Matrix, d: &mut Matrix) -> Result<()> {
     Ok(())
 }
 
-/// Solves `A·X = B` in place for symmetric positive definite `A (k × k)` and
-/// `B (k × m)`, both row-major f64: `a` becomes its Cholesky factor `L`
-/// (lower triangle), `b` the solution. `false` if `A` is not numerically
-/// positive definite. (`linalg::solve_spd` takes one right-hand side and
-/// would refactor `A` for each of the `m` columns.)
-fn cholesky_solve(a: &mut [f64], k: usize, b: &mut [f64], m: usize) -> bool {
-    for j in 0..k {
-        let mut s = a[j * k + j];
-        for p in 0..j {
-            s -= a[j * k + p] * a[j * k + p];
-        }
-        if !(s > 0.0 && s.is_finite()) {
-            return false;
-        }
-        let ljj = s.sqrt();
-        a[j * k + j] = ljj;
-        for i in j + 1..k {
-            let mut s = a[i * k + j];
-            for p in 0..j {
-                s -= a[i * k + p] * a[j * k + p];
-            }
-            a[i * k + j] = s / ljj;
-        }
-    }
-    // L·Y = B, then Lᵀ·X = Y, all columns of B at once (rows are contiguous).
-    for i in 0..k {
-        for p in 0..i {
-            let l = a[i * k + p];
-            for c in 0..m {
-                b[i * m + c] -= l * b[p * m + c];
-            }
-        }
-        let inv = 1.0 / a[i * k + i];
-        b[i * m..(i + 1) * m].iter_mut().for_each(|v| *v *= inv);
-    }
-    for i in (0..k).rev() {
-        for p in i + 1..k {
-            let l = a[p * k + i];
-            for c in 0..m {
-                b[i * m + c] -= l * b[p * m + c];
-            }
-        }
-        let inv = 1.0 / a[i * k + i];
-        b[i * m..(i + 1) * m].iter_mut().for_each(|v| *v *= inv);
-    }
-    true
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::unit_norm::max_atom_norm_error;
     use super::*;
     use crate::data::SyntheticConfig;
     use crate::metrics::{code_mcc, dictionary_cosine, dictionary_mcc};
-
-    #[test]
-    fn cholesky_solves_several_right_hand_sides() {
-        // A = [[4, 2, 0], [2, 3, 1], [0, 1, 2]], B = A·X for a known X.
-        let a0 = [4.0, 2.0, 0.0, 2.0, 3.0, 1.0, 0.0, 1.0, 2.0];
-        let x = [1.0, -2.0, 0.5, 3.0, 0.0, 1.0];
-        let mut b = vec![0.0; 6];
-        for i in 0..3 {
-            for c in 0..2 {
-                b[i * 2 + c] = (0..3).map(|p| a0[i * 3 + p] * x[p * 2 + c]).sum();
-            }
-        }
-        let mut a = a0.to_vec();
-        assert!(cholesky_solve(&mut a, 3, &mut b, 2));
-        for (got, want) in b.iter().zip(&x) {
-            assert!((got - want).abs() < 1e-12, "{b:?}");
-        }
-        let mut indefinite = vec![1.0, 2.0, 2.0, 1.0];
-        assert!(!cholesky_solve(&mut indefinite, 2, &mut [1.0, 1.0], 1));
-    }
 
     #[test]
     fn mod_update_is_the_least_squares_dictionary() {
