@@ -60,10 +60,10 @@ pub struct Report {
     /// Measured f32 FMA peak, GFLOP/s, all cores: the best of
     /// [`Report::fma_peak_readings`].
     pub fma_peak_gflops: f64,
-    /// The peak as read before the first round and before every round (best
-    /// of five quarter-second runs each). A busy host reads low, so the best
-    /// reading is the machine's peak: one reading alone once gave 116 GFLOP/s
-    /// on a machine whose GEMM then ran at 143.
+    /// The peak as read before each round (best of five quarter-second runs
+    /// each). A busy host reads low, so the best reading is the machine's
+    /// peak: one reading alone once gave 116 GFLOP/s on a machine whose GEMM
+    /// then ran at 143.
     pub fma_peak_readings: Vec<f64>,
     /// Rounds and repetitions.
     pub rounds: usize,
@@ -163,19 +163,13 @@ pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Report
         progress(&format!("writing inputs of {}", case.name()));
         crate::kernels::write_inputs(case, &inputs.join(case.name()))?;
     }
-    progress("measuring the FMA peak");
-    let mut fma_peak_readings = vec![crate::peak::measured_peak_gflops(5)];
+    let mut fma_peak_readings = Vec::with_capacity(opts.rounds);
 
     let mut all: Vec<Measurement> = Vec::new();
     let mut failures = Vec::new();
     for round in 0..opts.rounds {
-        if round > 0 {
-            progress(&format!(
-                "measuring the FMA peak again (round {})",
-                round + 1
-            ));
-            fma_peak_readings.push(crate::peak::measured_peak_gflops(5));
-        }
+        progress(&format!("measuring the FMA peak (round {})", round + 1));
+        fma_peak_readings.push(crate::peak::measured_peak_gflops(5));
         for case in &opts.cases {
             let mut impls: Vec<&str> = vec!["sparse-infer"];
             if opts.python.is_some() {

@@ -38,7 +38,7 @@ unsafe impl GlobalAlloc for HugePageAlloc {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // Fresh zeroed blocks this large come straight from `mmap`, untouched:
+        // Zeroed blocks this large usually come straight from `mmap`, untouched:
         // advised before the first write, they fault in as huge pages.
         let ptr = System.alloc_zeroed(layout);
         advise(ptr, layout.size());
