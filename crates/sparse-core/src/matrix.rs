@@ -5,7 +5,7 @@
 //! save without copies. Products go through faer views ([`Matrix::view`]).
 
 use crate::error::{Error, Result};
-use crate::linalg::{dot_f64_by_lanes, sum_f64_by_lanes};
+use crate::linalg::{dot_f64_by_lanes, sum_f64_by_lanes, vectorised};
 use faer::{MatMut, MatRef};
 
 /// A dense row-major `f32` matrix with explicit shape `rows × cols`.
@@ -186,10 +186,11 @@ impl Matrix {
     pub fn check_finite(&self, what: &str) -> Result<()> {
         // A branch-free pass first (it vectorises; solvers check their inputs
         // on every call), the position only when something is wrong.
-        let all_finite = self
-            .data
-            .chunks(1024)
-            .all(|c| c.iter().fold(true, |ok, v| ok & v.is_finite()));
+        let all_finite = vectorised(|| {
+            self.data
+                .chunks(1024)
+                .all(|c| c.iter().fold(true, |ok, v| ok & v.is_finite()))
+        });
         if all_finite {
             return Ok(());
         }
@@ -205,6 +206,7 @@ impl Matrix {
     }
 
     /// Frobenius norm squared, accumulated in f64 (eight partial sums).
+    #[inline]
     pub fn norm_sq(&self) -> f64 {
         sum_f64_by_lanes(&self.data, |v| v * v)
     }

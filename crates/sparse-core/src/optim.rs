@@ -1,6 +1,7 @@
 //! Adam (Kingma & Ba), with PyTorch's defaults and update rule, applied to one
 //! flat parameter tensor at a time.
 
+use crate::linalg::vectorised;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -90,7 +91,8 @@ impl Adam {
         let bc2 = 1.0 - (beta2 as f64).powi(t);
         let step_size = (lr as f64 / bc1) as f32;
         let bc2_sqrt = bc2.sqrt() as f32;
-        let update = |(((p, g), m), v): ParamChunks<'_>| {
+        // `move`: scalars captured by reference would be reloaded every element.
+        let update = move |(((p, g), m), v): ParamChunks<'_>| {
             for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
                 *m = flush_subnormal(beta1 * *m + (1.0 - beta1) * g);
                 *v = flush_subnormal(beta2 * *v + (1.0 - beta2) * g * g);
@@ -104,9 +106,9 @@ impl Adam {
                 .zip(grads.par_chunks(ADAM_CHUNK))
                 .zip(self.m.par_chunks_mut(ADAM_CHUNK))
                 .zip(self.v.par_chunks_mut(ADAM_CHUNK))
-                .for_each(update);
+                .for_each(|chunks| vectorised(|| update(chunks)));
         } else {
-            update((((params, grads), &mut self.m[..]), &mut self.v[..]));
+            vectorised(|| update((((params, grads), &mut self.m[..]), &mut self.v[..])));
         }
     }
 }

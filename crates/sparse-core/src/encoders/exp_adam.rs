@@ -19,7 +19,7 @@
 
 use crate::encoders::{check_inputs, Encoder, Encoding, Monitor, SolverProgress};
 use crate::error::{Error, Result};
-use crate::linalg::{exp_f32, gemm_into, matmul_new, Op};
+use crate::linalg::{exp_f32, gemm_into, matmul_new, vectorised, Op};
 use crate::matrix::Matrix;
 use crate::optim::{flush_subnormal, Adam, AdamConfig, ADAM_FLOPS_PER_PARAM};
 
@@ -236,21 +236,28 @@ impl ExpAdam {
                 -fit_scale,
             );
             // Chain rule through Z = exp(U): dL/dU = dL/dZ ⊙ Z.
-            for (g, &zv) in grad.as_mut_slice().iter_mut().zip(z.as_slice()) {
-                *g = flush_subnormal((*g + l1_grad) * zv);
-            }
+            let (g_all, z_all) = (grad.as_mut_slice(), z.as_slice());
+            vectorised(move || {
+                for (g, &zv) in g_all.iter_mut().zip(z_all) {
+                    *g = flush_subnormal((*g + l1_grad) * zv);
+                }
+            });
             adam.step(&mut u, grad.as_slice());
-            let mut finite = true;
-            for (zv, &uv) in z.as_mut_slice().iter_mut().zip(&u) {
-                // exp(u) for u < −87 is subnormal: flushed to 0, since subnormal
-                // operands slow every later product and are 0 at f32 precision.
-                *zv = if uv < SUBNORMAL_EXPONENT {
-                    0.0
-                } else {
-                    exp_f32(uv)
-                };
-                finite &= zv.is_finite();
-            }
+            let (z_all, u_all) = (z.as_mut_slice(), &u[..]);
+            let finite = vectorised(move || {
+                let mut finite = true;
+                for (zv, &uv) in z_all.iter_mut().zip(u_all) {
+                    // exp(u) for u < −87 is subnormal: flushed to 0, since subnormal
+                    // operands slow every later product and are 0 at f32 precision.
+                    *zv = if uv < SUBNORMAL_EXPONENT {
+                        0.0
+                    } else {
+                        exp_f32(uv)
+                    };
+                    finite &= zv.is_finite();
+                }
+                finite
+            });
             flops += per_iter;
             iterations = it;
             if !finite {

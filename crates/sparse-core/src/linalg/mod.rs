@@ -245,8 +245,35 @@ pub fn cholesky_solve_in_place(a: &mut [f64], k: usize, b: &mut [f64], m: usize)
     true
 }
 
+/// Runs `f` compiled for AVX2 and FMA where the CPU has them (runtime
+/// detection), as it is elsewhere: the loops `f` inlines (elementwise passes,
+/// the f64-lane sums below) then vectorise eight floats wide instead of
+/// baseline x86-64's four. The same operations in the same order run either
+/// way (Rust never fuses a multiply and an add on its own), so the results
+/// are the same bits. The small models' steps spent a quarter of their time
+/// in such passes, exp-Adam's inference two thirds (`docs/benchmarks.md`).
+///
+/// Two traps, both measured: scalars captured by reference are reloaded for
+/// every element and the loop stays scalar (capture by value, `move`); and an
+/// in-place select that keeps the old value (`*g = if c { 0.0 } else { *g }`)
+/// becomes AVX2 masked stores, microcoded on AMD (leave such loops outside).
+#[inline(always)]
+pub fn vectorised<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn wide<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        // SAFETY: the CPU has the features `wide` is compiled for.
+        return unsafe { wide(f) };
+    }
+    f()
+}
+
 /// `Σ f(v)` over `values` in f64, in eight interleaved partial sums, so that
 /// the loop vectorises and the add latency does not bound it (one chain would).
+#[inline(always)]
 pub fn sum_f64_by_lanes(values: &[f32], f: impl Fn(f64) -> f64) -> f64 {
     let chunks = values.chunks_exact(8);
     let tail: f64 = chunks.remainder().iter().map(|&v| f(v as f64)).sum();
@@ -261,6 +288,7 @@ pub fn sum_f64_by_lanes(values: &[f32], f: impl Fn(f64) -> f64) -> f64 {
 
 /// `⟨a, b⟩` over the common length, products and sums in f64, in eight
 /// interleaved partial sums (as [`sum_f64_by_lanes`]).
+#[inline(always)]
 pub fn dot_f64_by_lanes(a: &[f32], b: &[f32]) -> f64 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
@@ -347,6 +375,28 @@ mod tests {
         const { assert!(128 * 96 * 128 >= PARALLEL_THRESHOLD_MACS) };
         let got = matmul_new(&a, Op::N, &b, Op::N);
         assert!(got.max_abs_diff(&naive(&a, &b)) < 1e-3);
+    }
+
+    #[test]
+    fn vectorised_passes_give_the_bits_of_plain_ones() {
+        // Elementwise arithmetic (Adam-like: products, sums, a square root, a
+        // division, a select), `exp_f32`, and an f64-lane sum, over a length
+        // that leaves a remainder after every vector width.
+        let xs: Vec<f32> = (0..1027).map(|i| (i as f32 * 0.37).sin() * 30.0).collect();
+        let pass = |xs: &[f32]| -> (Vec<u32>, u64) {
+            let out = xs
+                .iter()
+                .map(|&x| {
+                    let y = 0.9 * x + 0.1 * x * x;
+                    let z = if x < -20.0 { 0.0 } else { exp_f32(x) };
+                    (y / (y.abs().sqrt() + 1e-8) + z).to_bits()
+                })
+                .collect();
+            (out, sum_f64_by_lanes(xs, |v| v * v).to_bits())
+        };
+        let plain = pass(&xs);
+        let wide = vectorised(|| pass(&xs));
+        assert_eq!(plain, wide);
     }
 
     #[test]
