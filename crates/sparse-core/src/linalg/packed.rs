@@ -156,10 +156,9 @@ fn gemm_by_panels(
         let panel_product = |panel: usize, b_buf: &mut Vec<f32>| {
             let jc = panel * NC;
             let nc = NC.min(n - jc);
-            let b_buf = {
-                grow(b_buf, nc.div_ceil(NR) * NR * kc);
-                &mut b_buf[..nc.div_ceil(NR) * NR * kc]
-            };
+            let len = nc.div_ceil(NR) * NR * kc;
+            grow(b_buf, len);
+            let b_buf = &mut b_buf[..len];
             pack_b_strips(b.submatrix(pc, jc, kc, nc), 0, b_buf);
             for ic in (0..m).step_by(MC) {
                 let mc = MC.min(m - ic);
