@@ -45,9 +45,10 @@ pub fn par_for(macs: usize) -> Par {
 ///
 /// Products below the parallel threshold with at most 64 output columns run
 /// in this crate's register-tiled kernel (the synthetic studies' shapes, where
-/// faer's packing and dispatch cost more than the arithmetic); on AVX2 CPUs
-/// without AVX-512, products at least 64 in every dimension run in the packed
-/// kernel (`packed`, faster than faer's AVX2 kernels there); the rest in faer.
+/// faer's packing and dispatch cost more than the arithmetic); on CPUs whose
+/// full FMA width is 256 bits (AVX2 without AVX-512, or Zen 4's split
+/// AVX-512), products at least 64 in every dimension run in the packed
+/// kernel (`packed`, faster than faer's kernels there); the rest in faer.
 ///
 /// Panics if shapes do not conform: callers validate user-facing shapes first.
 pub fn gemm_into(

@@ -1,9 +1,12 @@
-//! A packed GEMM for CPUs with AVX2 and FMA but no AVX-512, in the BLIS
-//! layout: the right operand packed in `KC × NC` panels of 16-column strips,
-//! the left in `MC × KC` blocks of 6-row strips, a 6 × 16 register tile (12
-//! ymm accumulators: enough independent FMA chains to hide the latency).
-//! On the project's AVX2 machine faer's kernels reach 57 % of the FMA peak on
-//! the SAE shapes (`docs/benchmarks.md`); on AVX-512 machines faer is kept.
+//! A packed GEMM for CPUs with AVX2 and FMA, in the BLIS layout: the right
+//! operand packed in `KC × NC` panels of 16-column strips, the left in
+//! `MC × KC` blocks of 6-row strips, a 6 × 16 register tile (12 ymm
+//! accumulators: enough independent FMA chains to hide the latency).
+//! It is chosen where 256-bit FMAs are the CPU's full width (see
+//! [`preferred`]): on an AVX2 machine faer's kernels reached 57 % of the FMA
+//! peak on the SAE shapes and this one 72–78 %; on a Zen 4 with AVX-512
+//! faer's reached 74–81 % and this one 91 % (`docs/benchmarks.md`). Where
+//! AVX-512 doubles the peak (Intel server cores, Zen 5) faer is kept.
 //!
 //! Every output element is summed over `k` in order (one register lane, FMA),
 //! block by block, whatever the thread count: results do not depend on it.
@@ -31,16 +34,50 @@ const NC: usize = 1024;
 /// saves (a matrix–vector product, a 49k-wide unembedding of one token).
 const MIN_DIM: usize = 64;
 
-/// Whether this CPU should use the packed kernel: AVX2 and FMA, no AVX-512.
-pub(super) fn available() -> bool {
-    std::is_x86_feature_detected!("avx2")
-        && std::is_x86_feature_detected!("fma")
-        && !std::is_x86_feature_detected!("avx512f")
+/// Whether this CPU can run the packed kernel (AVX2 and FMA).
+fn supported() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+}
+
+/// Whether products should run in the packed kernel: the CPU runs it, and
+/// AVX-512 (which faer uses where present) would not do more FMA work per
+/// cycle. That holds without AVX-512, and on AMD's Zen 4 (family 0x19),
+/// which splits each 512-bit FMA over its two 256-bit pipes. Decided from
+/// the CPU's identity, never from a timing, so that a machine always takes
+/// the same path and gives the same bits.
+pub(super) fn preferred() -> bool {
+    supported() && (!std::is_x86_feature_detected!("avx512f") || is_amd_family_0x19())
+}
+
+/// Whether CPUID names an AMD processor of family 0x19 (Zen 3 and Zen 4).
+fn is_amd_family_0x19() -> bool {
+    use std::arch::x86_64::__cpuid;
+    // Leaf 0: the vendor string in ebx, edx, ecx; leaf 1: the signature.
+    #[allow(unused_unsafe)] // `__cpuid` is safe on newer toolchains.
+    let (vendor, signature) = unsafe { (__cpuid(0), __cpuid(1).eax) };
+    let amd = [vendor.ebx, vendor.edx, vendor.ecx]
+        == [
+            u32::from_le_bytes(*b"Auth"),
+            u32::from_le_bytes(*b"enti"),
+            u32::from_le_bytes(*b"cAMD"),
+        ];
+    amd && family(signature) == 0x19
+}
+
+/// The family in a CPUID leaf-1 signature: the base family (bits 8–11),
+/// plus the extended family (bits 20–27) when the base family is 0xF.
+fn family(signature: u32) -> u32 {
+    let base = (signature >> 8) & 0xF;
+    if base == 0xF {
+        base + ((signature >> 20) & 0xFF)
+    } else {
+        base
+    }
 }
 
 /// `dst = alpha · a · b (+ dst when accumulate)` for products large enough in
 /// every dimension, with a row-major `dst`; returns `false`, touching
-/// nothing, otherwise (or where [`available`] is false).
+/// nothing, otherwise (or where [`preferred`] is false).
 pub(super) fn try_gemm(
     dst: MatMut<'_, f32>,
     accumulate: bool,
@@ -50,7 +87,7 @@ pub(super) fn try_gemm(
     parallel: bool,
 ) -> bool {
     let (m, k, n) = (a.nrows(), a.ncols(), b.ncols());
-    if m < MIN_DIM || k < MIN_DIM || n < MIN_DIM || dst.col_stride() != 1 || !available() {
+    if m < MIN_DIM || k < MIN_DIM || n < MIN_DIM || dst.col_stride() != 1 || !preferred() {
         return false;
     }
     gemm(dst, accumulate, a, b, alpha, parallel);
@@ -68,7 +105,7 @@ struct Out {
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
-/// The packed product; callers have checked [`available`] and a unit column
+/// The packed product; callers have checked [`supported`] and a unit column
 /// stride of `dst`.
 fn gemm(
     dst: MatMut<'_, f32>,
@@ -427,7 +464,7 @@ unsafe fn block_product(
 /// One 6 × 16 tile over depth `kc`: `c = alpha·(a_strip · b_strip) (+ c)`.
 ///
 /// # Safety
-/// `c` must address 6 rows of 16 floats `row_stride` apart; [`available`]
+/// `c` must address 6 rows of 16 floats `row_stride` apart; [`supported`]
 /// must be true.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tile(
@@ -501,8 +538,8 @@ mod tests {
     /// Runs `gemm` (bypassing the size gate) with either operand stored
     /// transposed and checks it against an f64 reference.
     fn check(m: usize, k: usize, n: usize, a_t: bool, b_t: bool, acc: bool, parallel: bool) {
-        if !available() {
-            eprintln!("skipped: this CPU does not use the packed kernel");
+        if !supported() {
+            eprintln!("skipped: this CPU has no AVX2 and FMA");
             return;
         }
         let p = Problem::new(m, k, n);
@@ -543,8 +580,8 @@ mod tests {
 
     #[test]
     fn panels_handed_to_threads_match_the_reference_and_the_bands_of_rows() {
-        if !available() {
-            eprintln!("skipped: this CPU does not use the packed kernel");
+        if !supported() {
+            eprintln!("skipped: this CPU has no AVX2 and FMA");
             return;
         }
         // Two depth blocks, four panels (the last part of one, ending
@@ -575,8 +612,17 @@ mod tests {
     }
 
     #[test]
+    fn cpu_families_decode_as_documented() {
+        // Signatures of real parts (CPUID leaf 1, eax).
+        assert_eq!(family(0x00A1_0F11), 0x19, "Zen 4 (EPYC 9004)");
+        assert_eq!(family(0x00A0_0F11), 0x19, "Zen 3 (EPYC 7003)");
+        assert_eq!(family(0x00B0_0F21), 0x1A, "Zen 5 (EPYC 9005)");
+        assert_eq!(family(0x0005_0654), 0x6, "Skylake-SP");
+    }
+
+    #[test]
     fn thread_count_does_not_change_a_bit() {
-        if !available() {
+        if !supported() {
             return;
         }
         let a = filled(3 * MC + 5, KC + 40, 4);
