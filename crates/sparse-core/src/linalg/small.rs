@@ -115,13 +115,11 @@ unsafe fn dispatch(m: usize, k: usize, n: usize, a: Strided, b: Strided, out: Ou
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn product_avx2_fma(m: usize, k: usize, n: usize, a: Strided, b: Strided, out: Output) {
-    // Tall tiles only for tall products: a short one (∂W = Xᵀ·δ, 8 or 32
-    // rows) would leave rows for the slow one-row tiles.
-    let tall = m >= 48;
     let mut j = 0;
+    let tall_16 = tall_rows(m, 6);
     while j + 16 <= n {
         let mut i = 0;
-        while tall && i + 6 <= m {
+        while i < tall_16 {
             tile_avx2::<6, 2>(i, j, k, a, b, out);
             i += 6;
         }
@@ -130,7 +128,7 @@ unsafe fn product_avx2_fma(m: usize, k: usize, n: usize, a: Strided, b: Strided,
     }
     if j + 8 <= n {
         let mut i = 0;
-        while tall && i + 8 <= m {
+        while i < tall_rows(m, 8) {
             tile_avx2::<8, 1>(i, j, k, a, b, out);
             i += 8;
         }
@@ -142,6 +140,18 @@ unsafe fn product_avx2_fma(m: usize, k: usize, n: usize, a: Strided, b: Strided,
             columns_from::<1, true>(i, j, k, n, a, b, out);
         }
     }
+}
+
+/// How many of `m` rows to cover with tall tiles of `height` rows (12 or 8
+/// accumulators, enough FMA chains to hide the latency), leaving the rest
+/// to 4-row tiles and as few of the slow one-row tiles as can be: with
+/// `m / height` tall tiles a 32-row `∂W = Xᵀ·δ` would leave 2 one-row
+/// tiles (6 × 5 + 2), with 4 it leaves none (6 × 4 + 4 × 2).
+fn tall_rows(m: usize, height: usize) -> usize {
+    let most = m / height;
+    (most.saturating_sub(3)..=most)
+        .min_by_key(|&t| ((m - t * height) % 4, std::cmp::Reverse(t)))
+        .map_or(0, |t| t * height)
 }
 
 /// Rows `i0..m` of the `8·V` columns at `j`: tiles of 4 rows, then of 1.
@@ -346,6 +356,43 @@ mod tests {
         ] {
             check(m, k, n, a_t, b_t, false, 1.0);
             check(m, k, n, a_t, b_t, true, -0.5);
+        }
+    }
+
+    #[test]
+    fn tall_tiles_leave_as_few_single_rows_as_can_be() {
+        for (m, height, rows) in [
+            (1024, 6, 1020),
+            (32, 6, 24),
+            (16, 6, 12),
+            (8, 6, 0),
+            (7, 6, 6),
+            (5, 6, 0),
+            (32, 8, 32),
+            (1024, 8, 1024),
+            (12, 8, 8),
+        ] {
+            assert_eq!(tall_rows(m, height), rows, "m = {m}, height {height}");
+        }
+    }
+
+    #[test]
+    fn tiling_does_not_change_a_bit() {
+        // Every tile size against one-row products (one-row tiles only).
+        for (m, k, n, a_t) in [
+            (32, 1024, 8, true),
+            (16, 1024, 32, true),
+            (1030, 16, 24, false),
+        ] {
+            let p = Problem::new(m, k, n);
+            let (a, b) = (p.a_view(a_t), p.b_view(false));
+            let mut whole = Matrix::zeros(m, n);
+            assert!(try_gemm(whole.view_mut(), false, a, b, 1.0));
+            for i in 0..m {
+                let mut row = Matrix::zeros(1, n);
+                assert!(try_gemm(row.view_mut(), false, a.subrows(i, 1), b, 1.0));
+                assert_eq!(row.as_slice(), whole.row(i), "row {i} of {m}×{k}×{n}");
+            }
         }
     }
 
