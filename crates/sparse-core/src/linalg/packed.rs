@@ -5,7 +5,7 @@
 //! It is chosen where 256-bit FMAs are the CPU's full width (see
 //! [`preferred`]): on an AVX2 machine faer's kernels reached 57 % of the FMA
 //! peak on the SAE shapes and this one 72–78 %; on a Zen 4 with AVX-512
-//! faer's reached 74–81 % and this one 91 % (`docs/benchmarks.md`). Where
+//! faer's reached 74–83 % and this one 91 % (`docs/benchmarks.md`). Where
 //! AVX-512 doubles the peak (Intel server cores, Zen 5) faer is kept.
 //!
 //! Every output element is summed over `k` in order (one register lane, FMA),
