@@ -89,10 +89,10 @@ pub(super) fn try_gemm(
 
 /// Whether an `m × k · k × n` product with `a`'s rows `a_row_stride` apart
 /// runs faster as `(bᵀ · aᵀ)ᵀ`: an output at most 8 wide but 16–64 tall
-/// over a deep, column-major `a` (the studies' `∂W1 = δᵀ·X`, 32 × 1024 × 8).
-/// Its 8-wide tiles load nine values per eight FMAs; the transposed
-/// product's 16-wide tiles load six, from `a`'s contiguous columns (one
-/// core: 7.9 → 5.7 µs).
+/// over a deep, column-major `a` (the learned-dictionary study's
+/// `∂D = Zᵀ·R`, 16 × 1024 × 8). Its 8-wide tiles load nine values per
+/// eight FMAs; the transposed product's 16-wide tiles load six, from `a`'s
+/// contiguous columns (one core, 32 × 1024 × 8: 7.9 → 5.1 µs).
 fn by_transpose(m: usize, k: usize, n: usize, a_row_stride: isize) -> bool {
     n <= 8 && (16..=MAX_COLS).contains(&m) && k >= 64 && a_row_stride == 1
 }
