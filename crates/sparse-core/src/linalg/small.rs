@@ -103,7 +103,7 @@ fn by_transpose(m: usize, k: usize, n: usize, a_row_stride: isize) -> bool {
 /// over `k` in order in one lane, so the bits are those of the direct
 /// product.
 fn transposed(
-    dst: MatMut<'_, f32>,
+    mut dst: MatMut<'_, f32>,
     accumulate: bool,
     a: MatRef<'_, f32>,
     b: MatRef<'_, f32>,
@@ -132,7 +132,6 @@ fn transposed(
     // column stride (`by_transpose` checked `a`'s unit row stride), and
     // `buf` holds the `n × m` result (n ≤ 8, m ≤ MAX_COLS).
     unsafe { dispatch(n, k, m, left, right, out) };
-    let mut dst = dst;
     for i in 0..m {
         for (j, d) in dst.as_mut().row_mut(i).iter_mut().enumerate() {
             let s = buf[j * m + i];
@@ -175,8 +174,8 @@ unsafe fn dispatch(m: usize, k: usize, n: usize, a: Strided, b: Strided, out: Ou
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn product_avx2_fma(m: usize, k: usize, n: usize, a: Strided, b: Strided, out: Output) {
+    let (tall_16, tall_8) = (tall_rows(m, 6), tall_rows(m, 8));
     let mut j = 0;
-    let tall_16 = tall_rows(m, 6);
     while j + 16 <= n {
         let mut i = 0;
         while i < tall_16 {
@@ -188,7 +187,7 @@ unsafe fn product_avx2_fma(m: usize, k: usize, n: usize, a: Strided, b: Strided,
     }
     if j + 8 <= n {
         let mut i = 0;
-        while i < tall_rows(m, 8) {
+        while i < tall_8 {
             tile_avx2::<8, 1>(i, j, k, a, b, out);
             i += 8;
         }
