@@ -44,9 +44,14 @@ fn supported() -> bool {
 /// cycle. That holds without AVX-512, and on AMD's Zen 4 (family 0x19),
 /// which splits each 512-bit FMA over its two 256-bit pipes. Decided from
 /// the CPU's identity, never from a timing, so that a machine always takes
-/// the same path and gives the same bits.
+/// the same path and gives the same bits; once per process (under a VM,
+/// CPUID traps to the hypervisor: 3.5 µs a call on the bench machine, twice
+/// for every large product otherwise).
 pub(super) fn preferred() -> bool {
-    supported() && (!std::is_x86_feature_detected!("avx512f") || is_amd_family_0x19())
+    static PREFERRED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PREFERRED.get_or_init(|| {
+        supported() && (!std::is_x86_feature_detected!("avx512f") || is_amd_family_0x19())
+    })
 }
 
 /// Whether CPUID names an AMD processor of family 0x19 (Zen 3 and Zen 4).
