@@ -23,8 +23,9 @@ use super::topk::{
 };
 use super::unit_norm::{normalize_atoms, UnitNormAdam};
 use crate::encoders::sae::{
-    check_batch, check_loss, check_training_batch, code_gradient, ensure_rows, head_backward_flops,
-    head_forward_flops, reconstruction_loss, validate_common, LayerGrads, LinearReluLayer,
+    check_batch, check_loss, check_training_batch, ensure_rows, head_backward_flops,
+    head_forward_flops, reconstruction_loss, relu_code_gradient, validate_common, LayerGrads,
+    LinearReluLayer,
 };
 use crate::error::{Error, Result};
 use crate::linalg::{gemm_into, sum_f64_by_lanes, Op};
@@ -614,7 +615,8 @@ impl Autoencoder {
             return loss;
         }
         let last = self.layers.len() - 1;
-        code_gradient(
+        // Each ReLU's mask rides on the pass that makes its gradient.
+        relu_code_gradient(
             &work.acts[last],
             &self.dictionary,
             self.config.lambda,
@@ -634,17 +636,11 @@ impl Autoencoder {
         self.decoder_bias_gradient(work);
         for i in (0..=last).rev() {
             let layer = &self.layers[i];
-            let (acts_before, acts_rest) = work.acts.split_at(i);
-            let input = if i == 0 { x } else { &acts_before[i - 1] };
+            let input = if i == 0 { x } else { &work.acts[i - 1] };
             let (deltas_before, deltas_rest) = work.deltas.split_at_mut(i);
-            layer.backward_params(
-                input,
-                &acts_rest[0],
-                &mut deltas_rest[0],
-                &mut work.grads[i],
-            );
+            layer.weight_gradients(input, &deltas_rest[0], &mut work.grads[i]);
             if i > 0 {
-                layer.backward_input(&deltas_rest[0], &mut deltas_before[i - 1]);
+                layer.backward_into_relu(&deltas_rest[0], input, &mut deltas_before[i - 1]);
             }
         }
         loss

@@ -7,8 +7,9 @@
 //! [`super::sae`]; this file only stacks two layers.
 
 use super::sae::{
-    check_batch, check_loss, check_training_batch, code_gradient, ensure_rows, head_backward_flops,
-    head_forward_flops, reconstruction_loss, validate_common, LayerGrads, LinearReluLayer,
+    check_batch, check_loss, check_training_batch, ensure_rows, head_backward_flops,
+    head_forward_flops, reconstruction_loss, relu_code_gradient, validate_common, LayerGrads,
+    LinearReluLayer,
 };
 use super::{Encoder, Encoding, Trainable};
 use crate::error::{Error, Result};
@@ -92,9 +93,9 @@ struct MlpWork {
     z: Matrix,
     /// `X̂ − X`, then `∂L/∂X̂` (`n × M`).
     residual: Matrix,
-    /// `∂L/∂Z`, then `∂L/∂(second pre-activation)` (`n × N`).
+    /// `∂L/∂(second pre-activation)` (`n × N`).
     dz: Matrix,
-    /// `∂L/∂H`, then `∂L/∂(first pre-activation)` (`n × h`).
+    /// `∂L/∂(first pre-activation)` (`n × h`).
     dh: Matrix,
     grads1: LayerGrads,
     grads2: LayerGrads,
@@ -267,16 +268,17 @@ fn forward_backward(
     layer1.forward(x, &mut work.h);
     layer2.forward(&work.h, &mut work.z);
     let loss = reconstruction_loss(x, &work.z, dictionary, lambda, &mut work.residual);
-    code_gradient(
+    // Each ReLU's mask rides on the pass that makes its gradient.
+    relu_code_gradient(
         &work.z,
         dictionary,
         lambda,
         &mut work.residual,
         &mut work.dz,
     );
-    layer2.backward_params(&work.h, &work.z, &mut work.dz, &mut work.grads2);
-    layer2.backward_input(&work.dz, &mut work.dh);
-    layer1.backward_params(x, &work.h, &mut work.dh, &mut work.grads1);
+    layer2.weight_gradients(&work.h, &work.dz, &mut work.grads2);
+    layer2.backward_into_relu(&work.dz, &work.h, &mut work.dh);
+    layer1.weight_gradients(x, &work.dh, &mut work.grads1);
     loss
 }
 

@@ -6,7 +6,7 @@
 //! used by [`super::mlp`] too: PyTorch-style initialisation, the linear-ReLU
 //! layer with its hand-written backward pass and Adam state
 //! (`LinearReluLayer`), the frozen-decoder loss and its gradient with
-//! respect to the codes (`reconstruction_loss`, `code_gradient`), input
+//! respect to the codes (`reconstruction_loss`, `relu_code_gradient`), input
 //! validation and the per-sample FLOP counts of those pieces.
 //!
 //! Loss (the paper's `reconstruction_loss_with_l1`, accumulated in f64):
@@ -14,7 +14,7 @@
 
 use super::{check_inputs, Encoder, Encoding, Trainable};
 use crate::error::{Error, Result};
-use crate::linalg::{gemm_into, sum_f64_by_lanes, vectorised, Op};
+use crate::linalg::{gemm_into, gemm_into_then, sum_f64_by_lanes, vectorised, Epilogue, Op};
 use crate::matrix::Matrix;
 use crate::optim::{Adam, AdamConfig, ADAM_FLOPS_PER_PARAM};
 use rand::distributions::{Distribution, Uniform};
@@ -74,7 +74,7 @@ struct SaeWork {
     z: Matrix,
     /// `X̂ − X`, then `∂L/∂X̂` (`n × M`).
     residual: Matrix,
-    /// `∂L/∂Z`, then `∂L/∂(pre-activation)` (`n × N`).
+    /// `∂L/∂(pre-activation)` (`n × N`).
     dz: Matrix,
     /// Parameter gradients.
     grads: LayerGrads,
@@ -208,14 +208,14 @@ fn forward_backward(
     work.ensure_batch(x.rows());
     layer.forward(x, &mut work.z);
     let loss = reconstruction_loss(x, &work.z, dictionary, lambda, &mut work.residual);
-    code_gradient(
+    relu_code_gradient(
         &work.z,
         dictionary,
         lambda,
         &mut work.residual,
         &mut work.dz,
     );
-    layer.backward_params(x, &work.z, &mut work.dz, &mut work.grads);
+    layer.weight_gradients(x, &work.dz, &mut work.grads);
     loss
 }
 
@@ -429,22 +429,26 @@ pub(crate) fn reconstruction_loss(
     })
 }
 
-/// `∂L/∂Z (n × N)` from the residual left by [`reconstruction_loss`]:
+/// The loss's gradient with respect to the pre-activation of codes
+/// `Z = ReLU(pre)`, from the residual left by [`reconstruction_loss`]:
 /// `residual ← ∂L/∂X̂ = 2(X̂ − X)/(n·M)`, then
-/// `dz = ∂L/∂X̂ · Dᵀ + (λ/(n·N))·sign(Z)` (subgradient 0 at `Z = 0`, as PyTorch).
-/// FLOPs per sample: `2M + 2NM + N`.
-pub(crate) fn code_gradient(
+/// `dpre = ∂L/∂X̂ · Dᵀ + (λ/(n·N))·sign(Z)` (subgradient 0 at `Z = 0`, as
+/// PyTorch), zeroed where `Z ≤ 0` — the ReLU's mask (the rule of
+/// `linalg::Epilogue::ReluMask`) fused into the L1 pass.
+/// FLOPs per sample: `2M + 2NM + N` (the mask counted with the layer's
+/// backward, [`LinearReluLayer::backward_params_flops`]).
+pub(crate) fn relu_code_gradient(
     z: &Matrix,
     dictionary: &Matrix,
     lambda: f32,
     residual: &mut Matrix,
-    dz: &mut Matrix,
+    dpre: &mut Matrix,
 ) {
     let scale = (2.0 / residual.as_slice().len() as f64) as f32;
     let scaled = residual.as_mut_slice();
     vectorised(move || scaled.iter_mut().for_each(|r| *r *= scale));
     gemm_into(
-        dz.view_mut(),
+        dpre.view_mut(),
         false,
         residual.view(),
         Op::N,
@@ -454,12 +458,14 @@ pub(crate) fn code_gradient(
     );
     let l1 = (lambda as f64 / z.as_slice().len() as f64) as f32;
     // Selects, not branches: half the codes are zero, in no predictable order.
-    let (dz, z) = (dz.as_mut_slice(), z.as_slice());
+    let (dpre, z) = (dpre.as_mut_slice(), z.as_slice());
     // `move`: a captured reference to `l1` would be reloaded every element.
     vectorised(move || {
-        for (g, &v) in dz.iter_mut().zip(z) {
+        for (g, &v) in dpre.iter_mut().zip(z) {
             let step = if v > 0.0 { l1 } else { 0.0 };
-            *g += if v < 0.0 { -l1 } else { step };
+            let with_l1 = *g + if v < 0.0 { -l1 } else { step };
+            // A select of a new value: a plain store, not a masked one.
+            *g = if v <= 0.0 { 0.0 } else { with_l1 };
         }
     })
 }
@@ -470,7 +476,7 @@ pub(crate) fn head_forward_flops(dim: usize, n_latents: usize) -> f64 {
     2.0 * nl * m + 3.0 * m + 2.0 * nl
 }
 
-/// Per-sample FLOPs of [`code_gradient`]: `∂L/∂X̂`, product with `Dᵀ`, L1 gradient.
+/// Per-sample FLOPs of [`relu_code_gradient`]: `∂L/∂X̂`, product with `Dᵀ`, L1 gradient.
 pub(crate) fn head_backward_flops(dim: usize, n_latents: usize) -> f64 {
     let (m, nl) = (dim as f64, n_latents as f64);
     2.0 * m + 2.0 * nl * m + nl
@@ -607,30 +613,20 @@ impl LinearReluLayer {
 
     /// `out (n × fan_out) = ReLU(input (n × fan_in) · W + b)`.
     pub(crate) fn forward(&self, input: &Matrix, out: &mut Matrix) {
-        gemm_into(
+        let bias = self.use_bias.then_some(&self.b[..]);
+        gemm_into_then(
             out.view_mut(),
-            false,
             input.view(),
             Op::N,
             self.w.view(),
             Op::N,
-            1.0,
+            Epilogue::BiasRelu(bias),
         );
-        let (width, bias) = (out.cols(), self.use_bias.then_some(&self.b[..]));
-        let values = out.as_mut_slice();
-        vectorised(move || {
-            for row in values.chunks_exact_mut(width) {
-                if let Some(bias) = bias {
-                    row.iter_mut().zip(bias).for_each(|(v, &b)| *v += b);
-                }
-                row.iter_mut().for_each(|v| *v = v.max(0.0));
-            }
-        })
     }
 
     /// Backward to the parameters: masks `dout ← ∂L/∂(pre-activation)` in place
     /// (ReLU′ = 1 where `out > 0`, 0 elsewhere, PyTorch's choice at the kink),
-    /// then `dW = inputᵀ · dout` and `db = Σ_rows dout` (when used).
+    /// then [`Self::weight_gradients`].
     pub(crate) fn backward_params(
         &self,
         input: &Matrix,
@@ -638,20 +634,26 @@ impl LinearReluLayer {
         dout: &mut Matrix,
         grads: &mut LayerGrads,
     ) {
-        zero_where_inactive(dout.as_mut_slice(), out.as_slice());
+        Epilogue::ReluMask(out.view()).apply(dout.view_mut());
+        self.weight_gradients(input, dout, grads);
+    }
+
+    /// `dW = inputᵀ · dpre` and `db = Σ_rows dpre` (when used), from
+    /// `dpre = ∂L/∂(pre-activation)`, the ReLU's mask already applied.
+    pub(crate) fn weight_gradients(&self, input: &Matrix, dpre: &Matrix, grads: &mut LayerGrads) {
         gemm_into(
             grads.dw.view_mut(),
             false,
             input.view(),
             Op::T,
-            dout.view(),
+            dpre.view(),
             Op::N,
             1.0,
         );
         if self.use_bias {
             vectorised(|| {
                 grads.db.iter_mut().for_each(|v| *v = 0.0);
-                for row in dout.rows_iter() {
+                for row in dpre.rows_iter() {
                     grads.db.iter_mut().zip(row).for_each(|(s, &g)| *s += g);
                 }
             })
@@ -669,6 +671,26 @@ impl LinearReluLayer {
             self.w.view(),
             Op::T,
             1.0,
+        );
+    }
+
+    /// Backward through this layer into the linear-ReLU layer below it, whose
+    /// output `below` is this layer's input: `dpre_below = (dpre · Wᵀ)`
+    /// masked where `below ≤ 0` — [`Self::backward_input`] and the lower
+    /// layer's mask of [`Self::backward_params`] in one pass.
+    pub(crate) fn backward_into_relu(
+        &self,
+        dpre: &Matrix,
+        below: &Matrix,
+        dpre_below: &mut Matrix,
+    ) {
+        gemm_into_then(
+            dpre_below.view_mut(),
+            dpre.view(),
+            Op::N,
+            self.w.view(),
+            Op::T,
+            Epilogue::ReluMask(below.view()),
         );
     }
 
@@ -702,37 +724,6 @@ impl LinearReluLayer {
     /// FLOPs of one [`Self::step`] (once per training step).
     pub(crate) fn update_flops(&self) -> f64 {
         ADAM_FLOPS_PER_PARAM * self.n_params() as f64
-    }
-}
-
-/// The ReLU's backward mask: `grad[i] = 0` where `out[i] ≤ 0` (a NaN output
-/// keeps its gradient), in place.
-///
-/// With AVX2, eight at a time as a compare and an AND, written with
-/// intrinsics: LLVM makes the in-place select (and the same AND written
-/// with integers) AVX2 masked stores, microcoded on AMD (1.6× slower MLP
-/// step), or leaves it four wide outside [`vectorised`].
-fn zero_where_inactive(grad: &mut [f32], out: &[f32]) {
-    assert_eq!(grad.len(), out.len(), "zero_where_inactive: lengths");
-    let mut done = 0;
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        #[target_feature(enable = "avx2")]
-        unsafe fn eight_wide(grad: &mut [f32], out: &[f32]) -> usize {
-            use std::arch::x86_64::*;
-            let whole = grad.len() / 8 * 8;
-            for i in (0..whole).step_by(8) {
-                let (g, o) = (grad.as_mut_ptr().add(i), out.as_ptr().add(i));
-                let keep = _mm256_cmp_ps::<_CMP_NLE_UQ>(_mm256_loadu_ps(o), _mm256_setzero_ps());
-                _mm256_storeu_ps(g, _mm256_and_ps(keep, _mm256_loadu_ps(g)));
-            }
-            whole
-        }
-        // SAFETY: the CPU has AVX2; both slices are `whole` long at least.
-        done = unsafe { eight_wide(grad, out) };
-    }
-    for (g, &a) in grad[done..].iter_mut().zip(&out[done..]) {
-        *g = if a <= 0.0 { 0.0 } else { *g };
     }
 }
 
@@ -831,27 +822,41 @@ mod tests {
     use super::*;
     use crate::data::SyntheticConfig;
 
+    /// The gradient's rules, element by element, at codes that are zero of
+    /// either sign, negative, NaN, denormal or positive: `∂L/∂X̂·Dᵀ` plus the
+    /// L1 term where the code is positive, zero where it is `≤ 0`, and the
+    /// product alone (no L1 step, no mask) where it is NaN.
     #[test]
-    fn the_relu_mask_keeps_the_bits_of_the_scalar_rule() {
-        let special = [
-            0.0,
-            -0.0,
-            1.5,
-            -2.0,
-            f32::NAN,
-            f32::INFINITY,
-            f32::NEG_INFINITY,
-            1e-40,
-        ];
-        // Every pair of specials, 64 pairs: eight vectors and no tail, then
-        // a tail of 5 past them.
-        let out: Vec<f32> = (0..69).map(|i| special[i % 8]).collect();
-        let grad: Vec<f32> = (0..69).map(|i| special[(i / 8 + i) % 8] - 0.25).collect();
-        let mut masked = grad.clone();
-        zero_where_inactive(&mut masked, &out);
-        for ((&m, &g), &a) in masked.iter().zip(&grad).zip(&out) {
-            let expected = if a <= 0.0 { 0.0 } else { g };
-            assert_eq!(m.to_bits(), expected.to_bits(), "out {a}, grad {g}");
+    fn the_code_gradient_follows_the_relu_and_l1_rules_at_every_code() {
+        let (n, dim, latents, lambda) = (5, 4, 6, 0.3f32);
+        let (residual0, d) = random_problem(n, dim, latents, 11);
+        let codes = [0.0, -0.0, 0.7, -0.3, f32::NAN, 1e-40];
+        let z = Matrix::from_fn(n, latents, |i, j| codes[(i + j) % codes.len()]);
+        let mut residual = residual0.clone();
+        let mut dpre = Matrix::zeros(n, latents);
+        relu_code_gradient(&z, &d, lambda, &mut residual, &mut dpre);
+        let scale = (2.0 / (n * dim) as f64) as f32;
+        let l1 = (lambda as f64 / (n * latents) as f64) as f32;
+        for i in 0..n {
+            assert_eq!(residual.get(i, 0), residual0.get(i, 0) * scale);
+            for j in 0..latents {
+                let product = (0..dim).fold(0.0f32, |s, c| {
+                    (residual0.get(i, c) * scale).mul_add(d.get(j, c), s)
+                });
+                let v = z.get(i, j);
+                let want = if v.is_nan() {
+                    product
+                } else if v > 0.0 {
+                    product + l1
+                } else {
+                    0.0
+                };
+                let got = dpre.get(i, j);
+                assert!(
+                    (got - want).abs() <= 1e-6 * (1.0 + want.abs()) && (want != 0.0 || got == 0.0),
+                    "code {v}: {got} vs {want}"
+                );
+            }
         }
     }
 

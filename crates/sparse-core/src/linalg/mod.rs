@@ -3,6 +3,7 @@
 //! and a register-tiled kernel for small products with narrow outputs
 //! (`small`), and the few decompositions the solvers need.
 
+mod epilogue;
 #[cfg(target_arch = "x86_64")]
 mod packed;
 mod small;
@@ -11,6 +12,8 @@ mod test_support;
 
 use crate::matrix::Matrix;
 use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef, Par};
+
+pub use epilogue::Epilogue;
 
 /// Products with fewer multiply-adds than this run on one thread
 /// (`../shared/docs/perf-notes.md`: rayon dispatch dominates below ~1e6).
@@ -52,7 +55,7 @@ pub fn par_for(macs: usize) -> Par {
 ///
 /// Panics if shapes do not conform: callers validate user-facing shapes first.
 pub fn gemm_into(
-    mut dst: MatMut<'_, f32>,
+    dst: MatMut<'_, f32>,
     accumulate: bool,
     a: MatRef<'_, f32>,
     op_a: Op,
@@ -60,8 +63,36 @@ pub fn gemm_into(
     op_b: Op,
     alpha: f32,
 ) {
-    let a = apply(a, op_a);
-    let b = apply(b, op_b);
+    product(dst, accumulate, apply(a, op_a), apply(b, op_b), alpha, None);
+}
+
+/// `dst = op(a) · op(b)`, then `epilogue` on every value: fused into the
+/// stores where the product runs in the small-product kernel (one pass over
+/// `dst` fewer), a separate pass after the other kernels; the same bits
+/// either way.
+///
+/// Panics if shapes do not conform, the epilogue's included.
+pub fn gemm_into_then(
+    dst: MatMut<'_, f32>,
+    a: MatRef<'_, f32>,
+    op_a: Op,
+    b: MatRef<'_, f32>,
+    op_b: Op,
+    epilogue: Epilogue<'_>,
+) {
+    let (a, b) = (apply(a, op_a), apply(b, op_b));
+    product(dst, false, a, b, 1.0, Some(epilogue));
+}
+
+/// The product behind [`gemm_into`] and [`gemm_into_then`]: chooses the kernel.
+fn product(
+    mut dst: MatMut<'_, f32>,
+    accumulate: bool,
+    a: MatRef<'_, f32>,
+    b: MatRef<'_, f32>,
+    alpha: f32,
+    epilogue: Option<Epilogue<'_>>,
+) {
     assert!(
         a.ncols() == b.nrows() && dst.nrows() == a.nrows() && dst.ncols() == b.ncols(),
         "gemm_into: ({}×{})·({}×{}) into {}×{}",
@@ -72,28 +103,45 @@ pub fn gemm_into(
         dst.nrows(),
         dst.ncols()
     );
+    if let Some(e) = &epilogue {
+        e.check_shape(dst.nrows(), dst.ncols());
+    }
     let macs = a.nrows() * a.ncols() * b.ncols();
-    if macs < PARALLEL_THRESHOLD_MACS && small::try_gemm(dst.as_mut(), accumulate, a, b, alpha) {
+    // The kernel reads a gate eight at a time: rows with unit stride only.
+    let fusable = epilogue.filter(Epilogue::fits_small_kernel);
+    if macs < PARALLEL_THRESHOLD_MACS
+        && small::try_gemm(dst.as_mut(), accumulate, a, b, alpha, fusable)
+    {
+        if fusable.is_none() {
+            if let Some(e) = epilogue {
+                e.apply(dst);
+            }
+        }
         return;
     }
     let par = par_for(macs);
     #[cfg(target_arch = "x86_64")]
-    if packed::try_gemm(
+    let done = packed::try_gemm(
         dst.as_mut(),
         accumulate,
         a,
         b,
         alpha,
         matches!(par, Par::Rayon(_)),
-    ) {
-        return;
+    );
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = false;
+    if !done {
+        let accum = if accumulate {
+            Accum::Add
+        } else {
+            Accum::Replace
+        };
+        matmul(dst.as_mut(), accum, a, b, alpha, par);
     }
-    let accum = if accumulate {
-        Accum::Add
-    } else {
-        Accum::Replace
-    };
-    matmul(dst, accum, a, b, alpha, par);
+    if let Some(e) = epilogue {
+        e.apply(dst);
+    }
 }
 
 /// `op(a) · op(b)` as a new matrix.
@@ -376,6 +424,44 @@ mod tests {
         const { assert!(128 * 96 * 128 >= PARALLEL_THRESHOLD_MACS) };
         let got = matmul_new(&a, Op::N, &b, Op::N);
         assert!(got.max_abs_diff(&naive(&a, &b)) < 1e-3);
+    }
+
+    /// `gemm_into_then` is the product followed by the epilogue's pass,
+    /// bit for bit, in each kernel: the small one (fused), the small one with
+    /// a column-major gate (not fusable: a separate pass), and a product
+    /// large enough for the packed kernel or faer.
+    #[test]
+    fn a_product_then_an_epilogue_is_the_product_and_the_pass() {
+        for (m, k, n) in [(1024, 16, 32), (300, 200, 100)] {
+            let (a, b) = (test_support::filled(m, k, 1), test_support::filled(k, n, 2));
+            let gate = test_support::filled(m, n, 3);
+            let gate_t = gate.transpose();
+            let bias: Vec<f32> = (0..n).map(|j| 0.01 * j as f32 - 0.5).collect();
+            for epilogue in [
+                Epilogue::BiasRelu(Some(&bias)),
+                Epilogue::ReluMask(gate.view()),
+                Epilogue::ReluMask(gate_t.view().transpose()),
+            ] {
+                let mut then = Matrix::zeros(m, n);
+                gemm_into_then(then.view_mut(), a.view(), Op::N, b.view(), Op::N, epilogue);
+                let mut separate = matmul_new(&a, Op::N, &b, Op::N);
+                epilogue.apply(separate.view_mut());
+                assert_eq!(then.as_slice(), separate.as_slice(), "{m}×{k}×{n}");
+                // The epilogue did something: ReLUs and masks zeroed values.
+                let zeros = then.as_slice().iter().filter(|&&v| v == 0.0).count();
+                assert!(zeros > m * n / 4 && zeros < m * n, "{zeros} zeros");
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "bias length")]
+    fn an_epilogue_of_the_wrong_width_is_refused() {
+        let a = Matrix::zeros(4, 3);
+        let mut dst = Matrix::zeros(4, 5);
+        let bias = [0.0; 4];
+        let (b, relu) = (Matrix::zeros(3, 5), Epilogue::BiasRelu(Some(&bias)));
+        gemm_into_then(dst.view_mut(), a.view(), Op::N, b.view(), Op::N, relu);
     }
 
     #[test]

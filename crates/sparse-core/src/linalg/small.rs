@@ -8,6 +8,7 @@
 //! tiled; it is computed with FMA where the CPU has it (runtime detection)
 //! and with a multiply and an add elsewhere.
 
+use super::epilogue::{mask, relu, Epilogue};
 use faer::{MatMut, MatRef};
 use std::mem::MaybeUninit;
 
@@ -29,20 +30,24 @@ struct Strided {
     col_stride: isize,
 }
 
-/// `dst = alpha · a · b (+ dst when accumulate)` when the shapes suit this
-/// kernel (see [`applies`] and [`by_transpose`]); returns `false`, touching
-/// nothing, otherwise.
+/// `dst = alpha · a · b (+ dst when accumulate)`, then the epilogue, when
+/// the shapes suit this kernel (see [`applies`] and [`by_transpose`]);
+/// returns `false`, touching nothing, otherwise. The caller has checked the
+/// epilogue's shape and [`Epilogue::fits_small_kernel`].
 pub(super) fn try_gemm(
     dst: MatMut<'_, f32>,
     accumulate: bool,
     a: MatRef<'_, f32>,
     b: MatRef<'_, f32>,
     alpha: f32,
+    epilogue: Option<Epilogue<'_>>,
 ) -> bool {
     let (m, k, n) = (a.nrows(), a.ncols(), b.ncols());
     debug_assert_eq!((b.nrows(), dst.nrows(), dst.ncols()), (k, m, n));
+    debug_assert!(epilogue.is_none_or(|e| e.fits_small_kernel()));
+    let finish = Finish::from(epilogue);
     if dst.col_stride() == 1 && by_transpose(m, k, n, a.row_stride()) {
-        transposed(dst, accumulate, a, b, alpha);
+        transposed(dst, accumulate, a, b, alpha, finish);
         return true;
     }
     if !applies(dst.col_stride(), b.col_stride(), k, n) {
@@ -80,9 +85,11 @@ pub(super) fn try_gemm(
         row_stride: dst.row_stride(),
         accumulate,
         alpha,
+        finish,
     };
     // SAFETY: the pointers and strides describe `m × k`, `k × n` and `m × n`
-    // matrices that live for this call; `b` and `dst` have unit column stride.
+    // matrices that live for this call (the gate too); `b`, `dst` and the
+    // gate have unit column stride.
     unsafe { dispatch(m, k, n, a, b, out) };
     true
 }
@@ -99,15 +106,16 @@ fn by_transpose(m: usize, k: usize, n: usize, a_row_stride: isize) -> bool {
 
 /// `dst = alpha · a · b (+ dst)` as `(bᵀ · aᵀ)ᵀ` (see [`by_transpose`]):
 /// the product into a buffer, then written to `dst` as the tiles would have
-/// (`alpha·s`, plus `dst` when accumulating). Each output is still summed
-/// over `k` in order in one lane, so the bits are those of the direct
-/// product.
+/// (`alpha·s`, plus `dst` when accumulating, then the epilogue). Each output
+/// is still summed over `k` in order in one lane, so the bits are those of
+/// the direct product.
 fn transposed(
     mut dst: MatMut<'_, f32>,
     accumulate: bool,
     a: MatRef<'_, f32>,
     b: MatRef<'_, f32>,
     alpha: f32,
+    finish: Finish,
 ) {
     let (m, k, n) = (a.nrows(), a.ncols(), b.ncols());
     let mut buf = [0.0f32; 8 * MAX_COLS];
@@ -127,6 +135,7 @@ fn transposed(
         row_stride: m as isize,
         accumulate: false,
         alpha: 1.0,
+        finish: Finish::Store,
     };
     // SAFETY: `left` is `bᵀ (n × k)`, `right` is `aᵀ (k × m)` with unit
     // column stride (`by_transpose` checked `a`'s unit row stride), and
@@ -136,7 +145,9 @@ fn transposed(
         for (j, d) in dst.as_mut().row_mut(i).iter_mut().enumerate() {
             let s = buf[j * m + i];
             let value = if alpha == 1.0 { s } else { alpha * s };
-            *d = if accumulate { value + *d } else { value };
+            let value = if accumulate { value + *d } else { value };
+            // SAFETY: (i, j) is inside the output, so inside the gate.
+            *d = unsafe { finish.scalar(value, i, j) };
         }
     }
 }
@@ -155,6 +166,51 @@ struct Output {
     row_stride: isize,
     accumulate: bool,
     alpha: f32,
+    finish: Finish,
+}
+
+/// An [`Epilogue`] as the tiles apply it, by pointer.
+#[derive(Clone, Copy)]
+enum Finish {
+    /// Store the value.
+    Store,
+    /// [`Epilogue::BiasRelu`]; a null `bias` for none.
+    BiasRelu { bias: *const f32 },
+    /// [`Epilogue::ReluMask`] with the gate's rows `row_stride` apart.
+    ReluMask { gate: *const f32, row_stride: isize },
+}
+
+impl From<Option<Epilogue<'_>>> for Finish {
+    fn from(epilogue: Option<Epilogue<'_>>) -> Self {
+        match epilogue {
+            None => Finish::Store,
+            Some(Epilogue::BiasRelu(bias)) => Finish::BiasRelu {
+                bias: bias.map_or(std::ptr::null(), <[f32]>::as_ptr),
+            },
+            Some(Epilogue::ReluMask(gate)) => Finish::ReluMask {
+                gate: gate.as_ptr(),
+                row_stride: gate.row_stride(),
+            },
+        }
+    }
+}
+
+impl Finish {
+    /// The epilogue of output `(i, j)`, one value at a time.
+    ///
+    /// # Safety
+    /// `(i, j)` must lie inside the output (so inside the bias and the gate).
+    #[inline(always)]
+    unsafe fn scalar(self, value: f32, i: usize, j: usize) -> f32 {
+        match self {
+            Finish::Store => value,
+            Finish::BiasRelu { bias } if bias.is_null() => relu(value),
+            Finish::BiasRelu { bias } => relu(value + *bias.add(j)),
+            Finish::ReluMask { gate, row_stride } => {
+                mask(value, *gate.offset(i as isize * row_stride + j as isize))
+            }
+        }
+    }
 }
 
 /// Runs the FMA build where the CPU has AVX2 and FMA, the portable one elsewhere.
@@ -265,16 +321,30 @@ unsafe fn tile_avx2<const R: usize, const V: usize>(
     // No multiply by an alpha of 1 (1·s is s): with a depth of 8 or 16 the
     // tile's own FMAs are few, and the multiplies compete for their ports.
     let alpha = (out.alpha != 1.0).then(|| _mm256_set1_ps(out.alpha));
+    let zero = _mm256_setzero_ps();
     for (r, acc_r) in acc.iter().enumerate() {
-        let dst = out
-            .ptr
-            .offset((i0 + r) as isize * out.row_stride + j0 as isize);
+        let i = i0 + r;
+        let dst = out.ptr.offset(i as isize * out.row_stride + j0 as isize);
         for (v, &s) in acc_r.iter().enumerate() {
-            let d = dst.add(8 * v);
+            let (d, j) = (dst.add(8 * v), j0 + 8 * v);
             let mut value = alpha.map_or(s, |alpha| _mm256_mul_ps(alpha, s));
             if out.accumulate {
                 value = _mm256_add_ps(value, _mm256_loadu_ps(d));
             }
+            // The rules of `relu` and `mask`, eight at a time.
+            value = match out.finish {
+                Finish::Store => value,
+                Finish::BiasRelu { bias } => {
+                    if !bias.is_null() {
+                        value = _mm256_add_ps(value, _mm256_loadu_ps(bias.add(j)));
+                    }
+                    _mm256_max_ps(value, zero)
+                }
+                Finish::ReluMask { gate, row_stride } => {
+                    let g = _mm256_loadu_ps(gate.offset(i as isize * row_stride + j as isize));
+                    _mm256_and_ps(_mm256_cmp_ps::<_CMP_NLE_UQ>(g, zero), value)
+                }
+            };
             _mm256_storeu_ps(d, value);
         }
     }
@@ -373,18 +443,19 @@ unsafe fn tile<const R: usize, const W: usize, const FMA: bool>(
             .offset((i0 + r) as isize * out.row_stride + j0 as isize);
         for (c, &s) in acc_row.iter().enumerate() {
             let d = dst.add(c);
-            *d = if out.accumulate {
+            let value = if out.accumulate {
                 out.alpha * s + *d
             } else {
                 out.alpha * s
             };
+            *d = out.finish.scalar(value, i0 + r, j0 + c);
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{filled, Problem};
+    use super::super::test_support::{filled, Problem, SPECIAL};
     use super::*;
     use crate::matrix::Matrix;
     use proptest::prelude::*;
@@ -395,7 +466,7 @@ mod tests {
         let p = Problem::new(m, k, n);
         let (a_view, b_view) = (p.a_view(a_t), p.b_view(b_t));
         let mut c = p.c0.clone();
-        let taken = try_gemm(c.view_mut(), acc, a_view, b_view, alpha);
+        let taken = try_gemm(c.view_mut(), acc, a_view, b_view, alpha, None);
         let routed = by_transpose(m, k, n, a_view.row_stride());
         assert_eq!(taken, routed || applies(1, b_view.col_stride(), k, n));
         if taken {
@@ -432,7 +503,8 @@ mod tests {
                     accumulate,
                     a,
                     p.b_view(b_t),
-                    alpha
+                    alpha,
+                    None
                 ));
                 let mut direct = p.c0.clone();
                 let b = p.b_view(false);
@@ -441,6 +513,7 @@ mod tests {
                     row_stride: n as isize,
                     accumulate,
                     alpha,
+                    finish: Finish::Store,
                 };
                 let (sa, sb) = (
                     Strided {
@@ -499,11 +572,108 @@ mod tests {
             let p = Problem::new(m, k, n);
             let (a, b) = (p.a_view(a_t), p.b_view(false));
             let mut whole = Matrix::zeros(m, n);
-            assert!(try_gemm(whole.view_mut(), false, a, b, 1.0));
+            assert!(try_gemm(whole.view_mut(), false, a, b, 1.0, None));
             for i in 0..m {
                 let mut row = Matrix::zeros(1, n);
-                assert!(try_gemm(row.view_mut(), false, a.subrows(i, 1), b, 1.0));
+                assert!(try_gemm(
+                    row.view_mut(),
+                    false,
+                    a.subrows(i, 1),
+                    b,
+                    1.0,
+                    None
+                ));
                 assert_eq!(row.as_slice(), whole.row(i), "row {i} of {m}×{k}×{n}");
+            }
+        }
+    }
+
+    /// Every epilogue fused into the stores gives the bits of the product
+    /// followed by the epilogue's own pass: in the AVX2 tiles of each height,
+    /// the portable tiles of the last `n mod 8` columns, the transposed
+    /// route and the portable build; with a gate and a bias holding zeros
+    /// of both signs, NaN and infinities, and with a negative alpha and
+    /// accumulation (which can make −0).
+    #[test]
+    fn fused_epilogues_give_the_bits_of_a_separate_pass() {
+        for (m, k, n, a_t) in [
+            (1024, 8, 32, false),
+            (1024, 16, 32, false),
+            (37, 9, 27, false),
+            (32, 1024, 8, true),
+            (5, 3, 1, false),
+        ] {
+            let p = Problem::new(m, k, n);
+            let (a, b) = (p.a_view(a_t), p.b_view(false));
+            let gate = Matrix::from_fn(m, n, |i, j| SPECIAL[(i * 7 + j) % 8]);
+            let bias: Vec<f32> = (0..n)
+                .map(|j| {
+                    if j % 5 == 4 {
+                        SPECIAL[j % 8]
+                    } else {
+                        0.1 * j as f32 - 1.0
+                    }
+                })
+                .collect();
+            for epilogue in [
+                Epilogue::BiasRelu(None),
+                Epilogue::BiasRelu(Some(&bias)),
+                Epilogue::ReluMask(gate.view()),
+            ] {
+                for (accumulate, alpha) in [(false, 1.0), (true, -0.5)] {
+                    let what = format!("{m}×{k}×{n} {epilogue:?} acc={accumulate}");
+                    let mut separate = p.c0.clone();
+                    assert!(try_gemm(separate.view_mut(), accumulate, a, b, alpha, None));
+                    epilogue.apply(separate.view_mut());
+                    let mut fused = p.c0.clone();
+                    assert!(try_gemm(
+                        fused.view_mut(),
+                        accumulate,
+                        a,
+                        b,
+                        alpha,
+                        Some(epilogue)
+                    ));
+                    let bits =
+                        |c: &Matrix| c.as_slice().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&fused), bits(&separate), "{what}");
+                    if a_t {
+                        continue;
+                    }
+                    // The portable build, tile by tile, with the same rule.
+                    let mut portable = p.c0.clone();
+                    let out = Output {
+                        ptr: portable.view_mut().as_ptr_mut(),
+                        row_stride: n as isize,
+                        accumulate,
+                        alpha,
+                        finish: Finish::from(Some(epilogue)),
+                    };
+                    let (sa, sb) = (
+                        Strided {
+                            ptr: a.as_ptr(),
+                            row_stride: k as isize,
+                            col_stride: 1,
+                        },
+                        Strided {
+                            ptr: b.as_ptr(),
+                            row_stride: n as isize,
+                            col_stride: 1,
+                        },
+                    );
+                    // SAFETY: the strides describe `a`, `b`, `portable` and the gate.
+                    unsafe { product::<false>(m, k, n, sa, sb, out) };
+                    let mut plain = p.c0.clone();
+                    let out = Output {
+                        ptr: plain.view_mut().as_ptr_mut(),
+                        finish: Finish::Store,
+                        ..out
+                    };
+                    // SAFETY: as above.
+                    unsafe { product::<false>(m, k, n, sa, sb, out) };
+                    epilogue.apply(plain.view_mut());
+                    assert_eq!(bits(&portable), bits(&plain), "portable {what}");
+                }
             }
         }
     }
@@ -513,7 +683,14 @@ mod tests {
         let a = filled(4, 3, 1);
         let b = filled(3, MAX_COLS + 1, 2);
         let mut c = Matrix::zeros(4, MAX_COLS + 1);
-        assert!(!try_gemm(c.view_mut(), false, a.view(), b.view(), 1.0));
+        assert!(!try_gemm(
+            c.view_mut(),
+            false,
+            a.view(),
+            b.view(),
+            1.0,
+            None
+        ));
         assert!(c.as_slice().iter().all(|&v| v == 0.0));
         let b = filled(3, 4, 2);
         let mut ct = Matrix::zeros(4, 4);
@@ -522,7 +699,8 @@ mod tests {
             false,
             a.view(),
             b.view(),
-            1.0
+            1.0,
+            None
         ));
         // A transposed right operand too large to pack.
         let big = filled(MAX_COLS, PACK_CAPACITY / MAX_COLS + 1, 4);
@@ -533,7 +711,8 @@ mod tests {
             false,
             a.view(),
             big.view().transpose(),
-            1.0
+            1.0,
+            None
         ));
     }
 
@@ -549,6 +728,7 @@ mod tests {
                 row_stride: n as isize,
                 accumulate: false,
                 alpha: 1.0,
+                finish: Finish::Store,
             };
             let sa = Strided {
                 ptr: a.as_ptr(),

@@ -5,6 +5,19 @@
 use crate::matrix::Matrix;
 use faer::MatRef;
 
+/// Values where elementwise rules could differ: zeros of both signs, NaN,
+/// infinities and a denormal.
+pub(super) const SPECIAL: [f32; 8] = [
+    0.0,
+    -0.0,
+    1.5,
+    -2.0,
+    f32::NAN,
+    f32::INFINITY,
+    f32::NEG_INFINITY,
+    1e-40,
+];
+
 /// A deterministic `rows × cols` matrix with entries in `[-1, 1]`.
 pub(super) fn filled(rows: usize, cols: usize, seed: u64) -> Matrix {
     Matrix::from_fn(rows, cols, |i, j| {
