@@ -5,8 +5,10 @@
 //!
 //! Every output element is `Σ_k a[i,k]·b[k,j]` summed over `k` in order in
 //! one f32 register lane, so the result does not depend on how the output is
-//! tiled; it is computed with FMA where the CPU has it (runtime detection)
-//! and with a multiply and an add elsewhere.
+//! tiled; it is computed with FMA where the CPU has it (runtime detection:
+//! zmm tiles with AVX-512, ymm tiles with AVX2, the same bits either way)
+//! and with a multiply and an add elsewhere. An [`Epilogue`] (bias + ReLU,
+//! ReLU mask) runs in the tiles' stores.
 
 use super::epilogue::{mask, relu, Epilogue};
 use faer::{MatMut, MatRef};
@@ -195,6 +197,29 @@ impl From<Option<Epilogue<'_>>> for Finish {
     }
 }
 
+impl Output {
+    /// The output from column `j` on (its first `j` columns left out).
+    ///
+    /// # Safety
+    /// `j` must be at most the output's width.
+    unsafe fn skip_columns(self, j: usize) -> Output {
+        let finish = match self.finish {
+            Finish::Store => Finish::Store,
+            Finish::BiasRelu { bias } if bias.is_null() => Finish::BiasRelu { bias },
+            Finish::BiasRelu { bias } => Finish::BiasRelu { bias: bias.add(j) },
+            Finish::ReluMask { gate, row_stride } => Finish::ReluMask {
+                gate: gate.add(j),
+                row_stride,
+            },
+        };
+        Output {
+            ptr: self.ptr.add(j),
+            finish,
+            ..self
+        }
+    }
+}
+
 impl Finish {
     /// The epilogue of output `(i, j)`, one value at a time.
     ///
@@ -213,13 +238,150 @@ impl Finish {
     }
 }
 
-/// Runs the FMA build where the CPU has AVX2 and FMA, the portable one elsewhere.
+/// Runs the AVX-512 build where the CPU has AVX-512F, the AVX2 one where it
+/// has AVX2 and FMA, the portable one elsewhere.
 unsafe fn dispatch(m: usize, k: usize, n: usize, a: Strided, b: Strided, out: Output) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        if std::is_x86_feature_detected!("avx512f") {
+            return product_avx512(m, k, n, a, b, out);
+        }
         return product_avx2_fma(m, k, n, a, b, out);
     }
     product::<false>(m, k, n, a, b, out)
+}
+
+/// The AVX-512 build: strips of 32 columns in tiles of 12 rows, then of 16
+/// columns in tiles of 16 rows (24 or 16 of the 32 zmm registers as
+/// accumulators: a broadcast of `a` feeds two or one FMAs, a load of `b`
+/// twelve or sixteen), shorter tiles at the bottom edge; the last `n mod 16`
+/// columns through the AVX2 build. Each output is still one lane's FMA
+/// chain over `k` in order: the bits of the AVX2 build.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn product_avx512(m: usize, k: usize, n: usize, a: Strided, b: Strided, out: Output) {
+    let mut j = 0;
+    while j + 32 <= n {
+        rows_avx512::<12, 2>(m, j, k, a, b, out);
+        j += 32;
+    }
+    if j + 16 <= n {
+        rows_avx512::<16, 1>(m, j, k, a, b, out);
+        j += 16;
+    }
+    if j < n {
+        let b = Strided {
+            ptr: b.ptr.add(j),
+            ..b
+        };
+        product_avx2_fma(m, k, n - j, a, b, out.skip_columns(j));
+    }
+}
+
+/// All `m` rows of the `16·V` columns at `j`: tiles of `H` rows, then of
+/// 8, 4 and 1.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn rows_avx512<const H: usize, const V: usize>(
+    m: usize,
+    j: usize,
+    k: usize,
+    a: Strided,
+    b: Strided,
+    out: Output,
+) {
+    let mut i = 0;
+    while i + H <= m {
+        tile_avx512::<H, V>(i, j, k, a, b, out);
+        i += H;
+    }
+    while i + 8 <= m {
+        tile_avx512::<8, V>(i, j, k, a, b, out);
+        i += 8;
+    }
+    while i + 4 <= m {
+        tile_avx512::<4, V>(i, j, k, a, b, out);
+        i += 4;
+    }
+    while i < m {
+        tile_avx512::<1, V>(i, j, k, a, b, out);
+        i += 1;
+    }
+}
+
+/// `R` rows × `16·V` columns at `(i0, j0)`, accumulated over all of `k`;
+/// the zmm twin of [`tile_avx2`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_avx512<const R: usize, const V: usize>(
+    i0: usize,
+    j0: usize,
+    k: usize,
+    a: Strided,
+    b: Strided,
+    out: Output,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); V]; R];
+    let mut a_col = a.ptr.offset(i0 as isize * a.row_stride);
+    let mut b_row = b.ptr.add(j0);
+    for _ in 0..k {
+        let b_k: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(b_row.add(16 * v)));
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let a_ik = _mm512_set1_ps(*a_col.offset(r as isize * a.row_stride));
+            for (s, &b_kv) in acc_r.iter_mut().zip(&b_k) {
+                *s = _mm512_fmadd_ps(a_ik, b_kv, *s);
+            }
+        }
+        a_col = a_col.offset(a.col_stride);
+        b_row = b_row.offset(b.row_stride);
+    }
+    // In passes with small bodies, so that LLVM unrolls each and keeps
+    // `acc` in registers (one loop with the whole epilogue stays a loop, and
+    // the accumulators go through the stack on every step of `k`).
+    if out.alpha != 1.0 {
+        let alpha = _mm512_set1_ps(out.alpha);
+        acc.iter_mut()
+            .flatten()
+            .for_each(|s| *s = _mm512_mul_ps(alpha, *s));
+    }
+    let at = |r: usize, v: usize| (i0 + r) as isize * out.row_stride + (j0 + 16 * v) as isize;
+    if out.accumulate {
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            for (v, s) in acc_r.iter_mut().enumerate() {
+                *s = _mm512_add_ps(*s, _mm512_loadu_ps(out.ptr.offset(at(r, v))));
+            }
+        }
+    }
+    // The rules of `relu` and `mask`, sixteen at a time.
+    let zero = _mm512_setzero_ps();
+    match out.finish {
+        Finish::Store => {}
+        Finish::BiasRelu { bias } => {
+            for acc_r in acc.iter_mut() {
+                for (v, s) in acc_r.iter_mut().enumerate() {
+                    if !bias.is_null() {
+                        *s = _mm512_add_ps(*s, _mm512_loadu_ps(bias.add(j0 + 16 * v)));
+                    }
+                    *s = _mm512_max_ps(*s, zero);
+                }
+            }
+        }
+        Finish::ReluMask { gate, row_stride } => {
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let gate_row = gate.offset((i0 + r) as isize * row_stride + j0 as isize);
+                for (v, s) in acc_r.iter_mut().enumerate() {
+                    let g = _mm512_loadu_ps(gate_row.add(16 * v));
+                    *s = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_NLE_UQ>(g, zero), *s);
+                }
+            }
+        }
+    }
+    for (r, acc_r) in acc.iter().enumerate() {
+        for (v, &s) in acc_r.iter().enumerate() {
+            _mm512_storeu_ps(out.ptr.offset(at(r, v)), s);
+        }
+    }
 }
 
 /// The AVX2 build: tiles of 6 rows × 16 columns or 8 rows × 8 columns held
@@ -714,6 +876,100 @@ mod tests {
             1.0,
             None
         ));
+    }
+
+    /// A whole product in one build.
+    type Build = unsafe fn(usize, usize, usize, Strided, Strided, Output);
+
+    /// The builds this CPU can run that compute with FMA: the portable
+    /// tiles (`mul_add`), AVX2 and AVX-512.
+    fn fma_builds() -> Vec<(&'static str, Build)> {
+        let mut builds: Vec<(&str, Build)> = vec![("portable", product::<true>)];
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            builds.push(("avx2", product_avx2_fma));
+            if std::is_x86_feature_detected!("avx512f") {
+                builds.push(("avx512", product_avx512));
+            }
+        }
+        builds
+    }
+
+    /// Every FMA build gives the same bits (each output one FMA chain over
+    /// `k` in order), with each epilogue, alpha and accumulation, over
+    /// shapes that leave every kind of edge tile; and the dispatched one is
+    /// one of them.
+    #[test]
+    fn every_fma_build_gives_the_same_bits() {
+        let builds = fma_builds();
+        if builds.len() < 3 {
+            eprintln!("note: this CPU runs {} of the 3 FMA builds", builds.len());
+        }
+        for (m, k, n, a_t) in [
+            (1024, 8, 32, false),
+            (1024, 16, 8, false),
+            (37, 9, 61, false),
+            (29, 33, 48, true),
+            (8, 1024, 32, true),
+            (3, 5, 17, false),
+        ] {
+            let p = Problem::new(m, k, n);
+            let (a, b) = (p.a_view(a_t), p.b_view(false));
+            let gate = Matrix::from_fn(m, n, |i, j| SPECIAL[(i * 5 + j) % 8]);
+            let bias: Vec<f32> = (0..n).map(|j| 0.05 * j as f32 - 1.0).collect();
+            let (sa, sb) = (
+                Strided {
+                    ptr: a.as_ptr(),
+                    row_stride: a.row_stride(),
+                    col_stride: a.col_stride(),
+                },
+                Strided {
+                    ptr: b.as_ptr(),
+                    row_stride: n as isize,
+                    col_stride: 1,
+                },
+            );
+            for epilogue in [
+                None,
+                Some(Epilogue::BiasRelu(Some(&bias))),
+                Some(Epilogue::ReluMask(gate.view())),
+            ] {
+                for (accumulate, alpha) in [(false, 1.0), (true, -0.5)] {
+                    let results: Vec<(&str, Vec<u32>)> = builds
+                        .iter()
+                        .map(|&(name, build)| {
+                            let mut c = p.c0.clone();
+                            let out = Output {
+                                ptr: c.view_mut().as_ptr_mut(),
+                                row_stride: n as isize,
+                                accumulate,
+                                alpha,
+                                finish: Finish::from(epilogue),
+                            };
+                            // SAFETY: the strides describe `a`, `b`, `c` and the gate.
+                            unsafe { build(m, k, n, sa, sb, out) };
+                            (name, c.as_slice().iter().map(|v| v.to_bits()).collect())
+                        })
+                        .collect();
+                    let what = format!("{m}×{k}×{n} a_t={a_t} {epilogue:?} acc={accumulate}");
+                    for (name, bits) in &results[1..] {
+                        assert!(bits == &results[0].1, "{name} vs portable: {what}");
+                    }
+                    let mut dispatched = p.c0.clone();
+                    assert!(try_gemm(
+                        dispatched.view_mut(),
+                        accumulate,
+                        a,
+                        b,
+                        alpha,
+                        epilogue
+                    ));
+                    let bits: Vec<u32> =
+                        dispatched.as_slice().iter().map(|v| v.to_bits()).collect();
+                    assert!(bits == results[0].1, "dispatched: {what}");
+                }
+            }
+        }
     }
 
     #[test]
