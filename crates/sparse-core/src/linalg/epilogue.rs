@@ -1,8 +1,9 @@
 //! Elementwise passes that follow a product in a linear-ReLU layer: the
 //! forward's bias and ReLU, the backward's ReLU mask. [`super::gemm_into_then`]
 //! fuses them into the small-product kernel's stores (one pass over the
-//! output fewer: the MLP step's masks and ReLUs were a sixth of its time)
-//! and runs them here, as a separate pass, after any other product. Both
+//! output fewer; the synthetic study's MLP step spent a quarter of its time
+//! in elementwise passes) and runs them here, as a separate pass, after
+//! any other product. Both
 //! ways apply the same rule to the same stored value, so they give the same
 //! bits (tested in `small`).
 
