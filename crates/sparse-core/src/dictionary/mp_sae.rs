@@ -9,7 +9,7 @@
 //! L  = mean_{n·M}((X − X̂)²)
 //! ```
 //!
-//! The pursuit is [`crate::encoders::MatchingPursuit`] (an atom may be chosen
+//! The pursuit is [`crate::encoders::pursuit::MatchingPursuit`] (an atom may be chosen
 //! again, its coefficient accumulating, so a sample has **at most** `k`
 //! non-zeros; non-negative by default, as SAELens' ReLU'd correlations).
 //!

@@ -106,11 +106,11 @@ pub const SPARSE_DENSITY_INVERSE: usize = 16;
 /// problems, before the active set is in use).
 pub const SCREEN_EVERY: usize = 10;
 
-/// `R·Dᵀ` is formed pair by pair once at most one (sample, atom) pair in
-/// this many survives screening: each pair gathers an atom (`M` floats)
-/// from a dictionary that does not fit in cache, at a fraction of the
-/// dense product's rate per FLOP (at 1/16 it was slower than the dense
-/// product, measured at 1024 × 768 × 16384).
+/// `R·Dᵀ` is formed for the surviving pairs only once at most one
+/// (sample, atom) pair in this many survives screening: a dot product per
+/// pair, each gathering a residual row, runs at a fraction of the dense
+/// product's rate per FLOP (formed pair by pair from 1/16 on, it was slower
+/// than the dense product at 1024 × 768 × 16384).
 pub const SCREEN_DENSITY_INVERSE: usize = 32;
 
 /// An atom is screened only when its bound on `dⱼ·θ*` stays this far below
@@ -203,8 +203,9 @@ impl Fista {
     ///   once screening has left few),
     ///   plus `8nN` for the update (gradient step 2, prox 1, change 1, its square 2,
     ///   `‖z₊‖²` 2) and `2nN` for FISTA momentum (one multiply-add);
-    /// - per screening check: `2·nnz(Z)·M + n(5M + 4N)` (see below), or
-    ///   `2·nnz·M + 5M + N` for each sample of its probe when that stops it.
+    /// - per screening check (see below): `2·nnz(Z)·M + n(5M + N)` for the
+    ///   residuals and spheres, plus `3nN` when it tests the atoms; or
+    ///   `2·nnz·M + 5M + N` for each probed sample when the probe stops it.
     ///
     /// Scalar work (the momentum coefficient, the stopping test) is not counted.
     ///
@@ -218,7 +219,10 @@ impl Fista {
     /// `dⱼ·θ + ‖dⱼ‖·√(2·gap)/λ < 1` (less a margin for f32 rounding) is zero in
     /// the solution. Once at most 1/[`SCREEN_DENSITY_INVERSE`] of the pairs
     /// remain, the screened codes are set to zero and stay there (their
-    /// gradient entries are never formed), and `R·Dᵀ` is formed pair by pair.
+    /// gradient entries are never formed), and `R·Dᵀ` is formed for the
+    /// surviving pairs only, atom by atom. A check first probes one sample
+    /// in [`SCREEN_PROBE_STRIDE`] and stops while any of them still has a
+    /// sphere of radius 1 or more.
     /// The solution is the lasso's, as without screening; the iterates after
     /// the switch differ from the unscreened ones by the screened codes that
     /// had not yet reached zero.
@@ -581,7 +585,7 @@ fn subtract_sparse_row(r: &mut [f32], x: &[f32], y: &[f32], d: &Matrix) -> usize
 /// all only if none of them still has a sphere of radius 1 or more (the
 /// whole check costs about a sparse `Z·D`, too much to run while the
 /// spheres are wide).
-const SCREEN_PROBE_STRIDE: usize = 32;
+pub const SCREEN_PROBE_STRIDE: usize = 32;
 
 /// The (sample, atom) pairs that screening could not rule out, by sample
 /// (`atoms[offsets[i]..offsets[i + 1]]`, increasing) and by atom
