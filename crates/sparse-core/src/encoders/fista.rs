@@ -323,10 +323,8 @@ impl Fista {
         } else {
             Matrix::zeros(0, 0)
         };
-        let atom_norms: Vec<f64> = if screening {
-            (0..nl)
-                .map(|j| dot_f64_by_lanes(dictionary.row(j), dictionary.row(j)).sqrt())
-                .collect()
+        let atom_norms = if screening {
+            dictionary.row_norms()
         } else {
             Vec::new()
         };
@@ -1303,9 +1301,7 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(10);
         let d = dictionary(&mut rng, 40, 12);
         let x = data(&mut rng, 6, &d);
-        let atom_norms: Vec<f64> = (0..40)
-            .map(|j| dot_f64_by_lanes(d.row(j), d.row(j)).sqrt())
-            .collect();
+        let atom_norms = d.row_norms();
         for nonnegative in [true, false] {
             let exact = coordinate_descent(&x, &d, 0.2, nonnegative);
             let rule = ScreenInputs {
