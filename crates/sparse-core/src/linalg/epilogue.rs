@@ -74,23 +74,26 @@ impl Epilogue<'_> {
     }
 }
 
-/// The values of `m` as one slice when it is row-major without gaps.
-fn row_major_run(m: MatMut<'_, f32>) -> Option<&mut [f32]> {
+/// Whether the values of `m` are one row-major run without gaps: unit
+/// column stride and rows `cols` apart (either moot for one column or row).
+fn is_row_major_run(m: MatRef<'_, f32>) -> bool {
     let (rows, cols) = (m.nrows(), m.ncols());
-    let packed =
-        (m.col_stride() == 1 || cols <= 1) && (m.row_stride() == cols as isize || rows <= 1);
-    // SAFETY: unit column stride and rows `cols` apart make the `rows·cols`
-    // values one contiguous run, borrowed mutably through `m`.
-    packed.then(|| unsafe { std::slice::from_raw_parts_mut(m.as_ptr_mut(), rows * cols) })
+    (m.col_stride() == 1 || cols <= 1) && (m.row_stride() == cols as isize || rows <= 1)
+}
+
+/// The values of `m` as one slice when [`is_row_major_run`].
+fn row_major_run(m: MatMut<'_, f32>) -> Option<&mut [f32]> {
+    let len = m.nrows() * m.ncols();
+    // SAFETY: the `len` values are one contiguous run, borrowed mutably through `m`.
+    is_row_major_run(m.as_ref())
+        .then(|| unsafe { std::slice::from_raw_parts_mut(m.as_ptr_mut(), len) })
 }
 
 /// [`row_major_run`] for a shared view.
 fn row_major_run_ref(m: MatRef<'_, f32>) -> Option<&[f32]> {
-    let (rows, cols) = (m.nrows(), m.ncols());
-    let packed =
-        (m.col_stride() == 1 || cols <= 1) && (m.row_stride() == cols as isize || rows <= 1);
+    let len = m.nrows() * m.ncols();
     // SAFETY: as in `row_major_run`, borrowed through `m`.
-    packed.then(|| unsafe { std::slice::from_raw_parts(m.as_ptr(), rows * cols) })
+    is_row_major_run(m).then(|| unsafe { std::slice::from_raw_parts(m.as_ptr(), len) })
 }
 
 /// The ReLU of [`Epilogue::BiasRelu`]: `v > 0 ? v : 0`, what `max_ps(v, 0)`
